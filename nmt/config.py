@@ -1,0 +1,174 @@
+"""Typed configuration: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The dataclasses are the schema: Hydra rejects unknown keys and wrong types when it merges
+the YAML files of `conf/` into them, and `__post_init__` rejects impossible values when an
+entry point turns the merged config into objects with `OmegaConf.to_object`.
+Library code receives these dataclasses and never imports Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from nmt.errors import NmtError
+
+ATTENTION_TYPES = ("dot", "general", "additive")
+CORPUS_KINDS = ("synthetic", "files", "hub")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _require(condition: bool, key: str, allowed: str) -> None:
+    if not condition:
+        raise NmtError(f"config: {key} must be {allowed}")
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel corpus comes from and how its text becomes subword ids."""
+
+    corpus: str = "synthetic"  # synthetic (built in) | files ({dir}/{split}.{lang}[.gz]) | hub (datasets)
+    dir: str = ""  # folder of the `files` corpus
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # split alias -> file prefix (files) or split name (hub); `train`, `val`, `test` are used by training
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "val": "val", "test": "test"}
+    )
+    hub_name: str = ""  # e.g. "bentrevett/multi30k" or "wmt14"
+    hub_config: str = ""  # e.g. "de-en"; empty for none
+    synthetic_train_pairs: int = 12000
+    synthetic_seed: int = 1234
+    max_length: int = 100  # training pairs longer than this many subwords on either side are dropped
+    max_length_ratio: float = 3.0  # ... and pairs whose subword length ratio exceeds this
+    bpe_vocab_size: int = 8000
+    bpe_min_frequency: int = 2
+    joint_bpe: bool = True  # one BPE model and vocabulary for both languages
+
+    def __post_init__(self) -> None:
+        _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")
+        _require(self.corpus != "files" or bool(self.dir), "data.dir", "set for data.corpus=files")
+        _require(self.corpus != "hub" or bool(self.hub_name), "data.hub_name", "set for data.corpus=hub")
+        _require(self.src_lang != self.tgt_lang, "data.tgt_lang", "different from data.src_lang")
+        _require(self.max_length >= 1, "data.max_length", ">= 1")
+        _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
+        _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
+        _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
+        for alias in ("train", "val"):
+            _require(alias in self.splits, f"data.splits.{alias}", "set")
+
+
+@dataclass
+class ModelConfig:
+    """The network: embeddings, a bidirectional LSTM encoder, an attentional LSTM decoder."""
+
+    embed_size: int = 256  # source and target embeddings
+    hidden_size: int = 512  # decoder units; the encoder has hidden_size / 2 per direction
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    attention: str = "general"  # dot | general (Luong) | additive (Bahdanau)
+    dropout: float = 0.3
+    tie_embeddings: bool = False  # decoder output layer shares the target embedding matrix
+
+    def __post_init__(self) -> None:
+        _require(self.embed_size >= 1, "model.embed_size", ">= 1")
+        _require(
+            self.hidden_size >= 2 and self.hidden_size % 2 == 0,
+            "model.hidden_size",
+            "an even number >= 2 (the bidirectional encoder has hidden_size / 2 per direction)",
+        )
+        _require(self.encoder_layers >= 1, "model.encoder_layers", ">= 1")
+        _require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1")
+        _require(self.attention in ATTENTION_TYPES, "model.attention", f"one of {ATTENTION_TYPES}")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization, validation and stopping."""
+
+    seed: int = 1
+    batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
+    lr: float = 1e-3
+    clip_norm: float = 1.0  # 0 disables gradient-norm clipping
+    label_smoothing: float = 0.1
+    max_epochs: int = 10  # 0 = no limit
+    max_steps: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = no limit
+    log_every: int = 100  # steps
+    valid_every: int = 0  # steps; 0 = at the end of each epoch
+    valid_bleu: bool = True  # greedy-decode the validation set and score BLEU (else select by loss)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
+        _require(self.lr > 0, "train.lr", "> 0")
+        _require(self.clip_norm >= 0, "train.clip_norm", ">= 0")
+        _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)")
+        _require(self.max_epochs >= 0, "train.max_epochs", ">= 0")
+        _require(self.max_steps >= 0, "train.max_steps", ">= 0")
+        _require(self.max_minutes >= 0, "train.max_minutes", ">= 0")
+        _require(
+            self.max_epochs or self.max_steps or self.max_minutes,
+            "train.max_epochs, train.max_steps or train.max_minutes",
+            "set (> 0), or training never stops",
+        )
+        _require(self.log_every >= 1, "train.log_every", ">= 1")
+        _require(self.valid_every >= 0, "train.valid_every", ">= 0")
+        _require(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}")
+        _require(self.threads >= 0, "train.threads", ">= 0")
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings shared by validation, `nmt-translate` and `nmt.evaluate`."""
+
+    beam_size: int = 5  # 1 = greedy search
+    nbest: int = 1
+    batch_tokens: int = 4000  # padded source tokens per batch
+    max_length_ratio: float = 2.0  # hypotheses stop at ratio * source length + max_length_offset
+    max_length_offset: int = 10
+    length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-prob
+
+    def __post_init__(self) -> None:
+        _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
+        _require(1 <= self.nbest <= self.beam_size, "decode.nbest", "in [1, decode.beam_size]")
+        _require(self.batch_tokens >= 1, "decode.batch_tokens", ">= 1")
+        _require(self.max_length_ratio > 0, "decode.max_length_ratio", "> 0")
+        _require(self.max_length_offset >= 0, "decode.max_length_offset", ">= 0")
+        _require(self.length_penalty >= 0, "decode.length_penalty", ">= 0")
+
+
+@dataclass
+class Config:
+    """`python -m nmt.train`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m nmt.evaluate`: translate a split (or a source file) and score it."""
+
+    checkpoint: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    split: str = "test"  # alias from data.splits, or a file prefix in data.dir
+    source: str = ""  # with `reference`: score these files instead of a split
+    reference: str = ""
+    tokenized_lc: bool = False  # also BLEU on Moses-tokenized lowercased text (Multi30k literature)
+    device: str = "cpu"
+
+
+def register_configs() -> None:
+    """Make the schemas known to Hydra; `conf/*.yaml` name them in their defaults lists."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=Config)
+    store.store(name="evaluate_schema", node=EvaluateConfig)

@@ -1,0 +1,104 @@
+"""LSTM decoder with attention and input feeding (Luong et al., 2015).
+
+    x_t = [E_tgt y_{t-1} ; h~_{t-1}]                    input feeding
+    (h_t, c_t) = LSTM(x_t, (h_{t-1}, c_{t-1}))          L stacked layers
+    c_t, a_t = Attention(h_t, s_1..S)
+    h~_t = tanh(W_c [c_t ; h_t])                        attentional state, fed to the output layer
+    h_0 = tanh(W_h h_enc), c_0 = tanh(W_m c_enc)        bridge from the encoder's final top layer
+
+The first layer's input projection splits as W_ih x_t = W_e E y_{t-1} + W_f h~_{t-1}; the
+embedding half has no recurrence, so it runs for all steps at once before the time loop.
+Its gate equations are torch.nn.LSTMCell's (gate order i, f, g, o); the upper layers are
+nn.LSTMCell itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.attention import Attention
+from nmt.encoder import EncoderOutput
+from nmt.vocab import PAD
+
+
+class DecoderState(NamedTuple):
+    h: torch.Tensor  # (L, B, H)
+    c: torch.Tensor  # (L, B, H)
+    feed: torch.Tensor  # (B, H), h~ of the previous step
+
+    def index_select(self, order: torch.Tensor) -> DecoderState:
+        return DecoderState(
+            self.h.index_select(1, order), self.c.index_select(1, order), self.feed.index_select(0, order)
+        )
+
+
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.nn.LSTMCell's update from precomputed gate pre-activations (B, 4H)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_size: int,
+        hidden_size: int,
+        num_layers: int,
+        attention: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(embed_size + hidden_size if layer == 0 else hidden_size, hidden_size)
+            for layer in range(num_layers)
+        )
+        self.attention = Attention(attention, hidden_size, hidden_size)
+        self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+        self.bridge_h = nn.Linear(hidden_size, hidden_size)
+        self.bridge_c = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_state(self, encoded: EncoderOutput) -> DecoderState:
+        layers = len(self.cells)
+        h = torch.tanh(self.bridge_h(encoded.final_h[-1])).float()
+        c = torch.tanh(self.bridge_c(encoded.final_c[-1])).float()
+        return DecoderState(
+            h.unsqueeze(0).repeat(layers, 1, 1), c.unsqueeze(0).repeat(layers, 1, 1), torch.zeros_like(h)
+        )
+
+    def forward(
+        self,
+        tgt_in: torch.Tensor,
+        state: DecoderState,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S)."""
+        first = self.cells[0]
+        embed_size = self.embed.embedding_dim
+        embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        embed_gates = F.linear(embedded, first.weight_ih[:, :embed_size], first.bias_ih + first.bias_hh)
+        recurrent_weight = torch.cat([first.weight_ih[:, embed_size:], first.weight_hh], dim=1)  # (4H, 2H)
+        h, c, feed = list(state.h.unbind(0)), list(state.c.unbind(0)), state.feed
+        outputs, attention = [], []
+        for t in range(tgt_in.size(1)):
+            gates = embed_gates[:, t] + F.linear(torch.cat([feed, h[0]], dim=1), recurrent_weight)
+            h[0], c[0] = lstm_cell(gates, c[0])
+            top = h[0]
+            for layer in range(1, len(self.cells)):
+                h[layer], c[layer] = self.cells[layer](self.dropout(top), (h[layer], c[layer]))
+                top = h[layer]
+            context, weights = self.attention(top, keys, memory, mask)
+            feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=1))))
+            outputs.append(feed)
+            attention.append(weights)
+        state = DecoderState(torch.stack(h), torch.stack(c), feed)
+        return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)

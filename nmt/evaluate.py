@@ -1,0 +1,94 @@
+"""`python -m nmt.evaluate`: translate a test set with a checkpoint and score it with sacrebleu.
+
+    python -m nmt.evaluate checkpoint=runs/ende/checkpoints/best.pt data=multi30k split=test
+    python -m nmt.evaluate checkpoint=PATH source=test.en reference=test.de
+Writes `hypotheses.txt` and `report.json` to the run dir and prints the scores with signatures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nmt import checkpoint, metrics
+from nmt.config import EvaluateConfig, register_configs
+from nmt.data import load_split, read_parallel
+from nmt.errors import NmtError, exit_on_user_error
+from nmt.tokenization import MosesText
+from nmt.translator import Translator
+
+log = logging.getLogger(__name__)
+
+
+def score(hypotheses: list[str], references: list[str], tgt_lang: str, tokenized_lc: bool) -> dict[str, Any]:
+    bleu, bleu_signature = metrics.bleu(hypotheses, references)
+    chrf, chrf_signature = metrics.chrf(hypotheses, references)
+    report: dict[str, Any] = {"bleu": bleu, "signature": bleu_signature, "chrf": chrf, "chrf_signature": chrf_signature}
+    if tokenized_lc:
+        report["bleu_tok_lc"], report["signature_tok_lc"] = metrics.tokenized_lowercase_bleu(
+            hypotheses, references, MosesText(tgt_lang)
+        )
+    return report
+
+
+def run(cfg: EvaluateConfig, out_dir: Path) -> dict[str, Any]:
+    path = Path(cfg.checkpoint)
+    model, src, tgt, _ = checkpoint.restore(checkpoint.load(path), path)
+    langs = (src.moses.lang, tgt.moses.lang)
+    if cfg.source or cfg.reference:
+        if not (cfg.source and cfg.reference):
+            raise NmtError("config: source and reference must be given together")
+        pairs = read_parallel(Path(cfg.source), Path(cfg.reference))
+    else:
+        if (cfg.data.src_lang, cfg.data.tgt_lang) != langs:
+            raise NmtError(
+                f"{path} translates {langs[0]}->{langs[1]} but the data config is "
+                f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; pick the matching data= config"
+            )
+        pairs = load_split(cfg.data, cfg.split)
+    translator = Translator(model.to(cfg.device), src, tgt, cfg.decode)
+    start = time.monotonic()
+    hypotheses = [hyps[0].text for hyps in translator.translate(pairs["src"])]
+    seconds = time.monotonic() - start
+    report = {
+        **score(hypotheses, pairs["tgt"], tgt.moses.lang, cfg.tokenized_lc),
+        "sentences": len(hypotheses),
+        "seconds": seconds,
+        "sentences_per_second": len(hypotheses) / seconds if seconds else 0.0,
+        "checkpoint": str(path),
+        "split": "" if cfg.source else cfg.split,
+        "source": cfg.source,
+        "reference": cfg.reference,
+        "decode": asdict(cfg.decode),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "hypotheses.txt").write_text("".join(f"{h}\n" for h in hypotheses), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(dict_cfg: DictConfig) -> float:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    report = exit_on_user_error(lambda: run(OmegaConf.to_object(dict_cfg), out_dir))
+    log.info("BLEU %.2f  %s", report["bleu"], report["signature"])
+    log.info("chrF %.2f  %s", report["chrf"], report["chrf_signature"])
+    if "bleu_tok_lc" in report:
+        log.info("BLEU (tokenized, lowercased) %.2f  %s", report["bleu_tok_lc"], report["signature_tok_lc"])
+    log.info("%d sentences in %.1f s; report %s", report["sentences"], report["seconds"], out_dir / "report.json")
+    return report["bleu"]
+
+
+if __name__ == "__main__":
+    main()

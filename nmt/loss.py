@@ -1,0 +1,31 @@
+"""Label-smoothed cross-entropy over target tokens, kept outside the model.
+
+    loss = sum_t (1 - eps) * -log p(y_t) + eps * mean_v -log p(v)
+The plain negative log-likelihood comes from the same log-softmax, for perplexity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from nmt.vocab import PAD
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # summed over tokens, what training minimizes
+    nll: torch.Tensor  # summed negative log-likelihood, for perplexity
+    tokens: int
+
+
+def sequence_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> LossOutput:
+    """logits (B, T, V), target (B, T) with PAD where there is no token."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)  # (B*T, V)
+    target = target.flatten()
+    real = target != PAD
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    smooth = -log_probs.mean(dim=1)
+    per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    return LossOutput(per_token[real].sum(), nll[real].sum(), int(real.sum()))

@@ -1,0 +1,75 @@
+"""The encoder-decoder: p(y | x) = prod_t softmax(W_o h~_t)[y_t].
+
+`forward` scores a whole target sequence (training); `encode` and `step` serve search,
+with all search state held in `EncodedSource` and `DecoderState`, which reorder by
+`index_select` so beam search never needs to know the model's internals.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.decoder import Decoder, DecoderState
+from nmt.encoder import Encoder
+from nmt.vocab import PAD
+
+
+class EncodedSource(NamedTuple):
+    memory: torch.Tensor  # (B, S, H)
+    keys: torch.Tensor  # (B, S, H), attention keys precomputed from memory
+    mask: torch.Tensor  # (B, S), True on real tokens
+
+    def index_select(self, order: torch.Tensor) -> EncodedSource:
+        return EncodedSource(*(tensor.index_select(0, order) for tensor in self))
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(src_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.encoder_layers, cfg.dropout)
+        self.decoder = Decoder(
+            tgt_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.decoder_layers, cfg.attention, cfg.dropout
+        )
+        # Tying needs the output layer's input to match the embedding size.
+        self.output_proj = (
+            nn.Linear(cfg.hidden_size, cfg.embed_size, bias=False)
+            if cfg.tie_embeddings and cfg.hidden_size != cfg.embed_size
+            else nn.Identity()
+        )
+        self.output = nn.Linear(cfg.embed_size if cfg.tie_embeddings else cfg.hidden_size, tgt_vocab_size)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -0.1, 0.1)
+        if cfg.tie_embeddings:
+            self.output.weight = self.decoder.embed.weight
+        with torch.no_grad():
+            self.encoder.embed.weight[PAD].zero_()
+            self.decoder.embed.weight[PAD].zero_()
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
+        encoded = self.encoder(src, src_len)
+        keys = self.decoder.attention.project_keys(encoded.memory)
+        return EncodedSource(encoded.memory, keys, src != PAD), self.decoder.init_state(encoded)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.output(self.output_proj(hidden))
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for tgt_in (B, T)."""
+        source, state = self.encode(src, src_len)
+        hidden, _, _ = self.decoder(tgt_in, state, source.memory, source.keys, source.mask)
+        return self.logits(hidden)
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S)."""
+        hidden, state, attention = self.decoder(
+            prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
+        )
+        log_probs = F.log_softmax(self.logits(hidden.squeeze(1)).float(), dim=-1)
+        return log_probs, state, attention.squeeze(1)

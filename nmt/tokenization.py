@@ -1,0 +1,128 @@
+"""Text to subword ids and back: Moses normalization and tokenization, then BPE.
+
+`TextPipeline.encode` and `decode` are inverse up to Moses detokenization:
+raw text -> normalize -> tokenize -> BPE pieces -> ids, and ids -> pieces -> words -> detokenize.
+BPE is HF `tokenizers` over Moses tokens; a piece that ends a word carries the `</w>` suffix,
+so words are rebuilt without guessing. The BPE model travels inside checkpoints as JSON text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from nmt.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+
+END_OF_WORD = "</w>"
+
+
+class MosesText:
+    """Moses punctuation normalization, tokenization and detokenization for one language."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        self._normalizer = MosesPunctNormalizer(lang=lang)
+        self._tokenizer = MosesTokenizer(lang=lang)
+        self._detokenizer = MosesDetokenizer(lang=lang)
+
+    def tokenize(self, line: str) -> list[str]:
+        normalized = self._normalizer.normalize(line)
+        return self._tokenizer.tokenize(normalized, escape=False, aggressive_dash_splits=False)
+
+    def detokenize(self, tokens: Sequence[str]) -> str:
+        return self._detokenizer.detokenize(list(tokens))
+
+
+def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """Learn BPE merges on Moses-tokenized lines; ids 0-3 are the special symbols."""
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK], end_of_word_suffix=END_OF_WORD))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        end_of_word_suffix=END_OF_WORD,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((" ".join(tokens) for tokens in tokenized_lines), trainer=trainer)
+    for token_id, token in enumerate(SPECIAL_TOKENS):
+        assert tokenizer.token_to_id(token) == token_id, "BPE trainer must put specials first"
+    return tokenizer
+
+
+class TextPipeline:
+    """One language's full path between raw text and subword ids."""
+
+    def __init__(self, lang: str, bpe: Tokenizer) -> None:
+        self.moses = MosesText(lang)
+        self.bpe = bpe
+        self._pieces = [bpe.id_to_token(i) for i in range(bpe.get_vocab_size())]
+
+    @classmethod
+    def from_json(cls, lang: str, bpe_json: str) -> TextPipeline:
+        return cls(lang, Tokenizer.from_str(bpe_json))
+
+    def to_json(self) -> str:
+        return self.bpe.to_str()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def encode_tokens(self, batch: Sequence[list[str]]) -> list[list[int]]:
+        """Moses tokens -> BPE ids (no BOS/EOS)."""
+        # tokenizers cannot take an empty pre-tokenized sequence
+        nonempty = [tokens if tokens else ["x"] for tokens in batch]
+        encodings = self.bpe.encode_batch(nonempty, is_pretokenized=True, add_special_tokens=False)
+        return [enc.ids if tokens else [] for enc, tokens in zip(encodings, batch)]
+
+    def encode(self, lines: Sequence[str]) -> list[list[int]]:
+        """Raw lines -> BPE ids (no BOS/EOS)."""
+        return self.encode_tokens([self.moses.tokenize(line) for line in lines])
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self._pieces[i] for i in ids if i not in (PAD, BOS, EOS)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """BPE ids -> detokenized text; stops at nothing, skips PAD/BOS/EOS."""
+        return self.moses.detokenize(self.words(ids))
+
+    def words(self, ids: Iterable[int]) -> list[str]:
+        """BPE ids -> Moses tokens, joining pieces up to each end-of-word marker."""
+        words, current = [], ""
+        for piece in self.pieces(ids):
+            if piece.endswith(END_OF_WORD):
+                words.append(current + piece[: -len(END_OF_WORD)])
+                current = ""
+            elif piece == SPECIAL_TOKENS[UNK]:
+                if current:
+                    words.append(current)
+                words.append(piece)
+                current = ""
+            else:
+                current += piece
+        if current:
+            words.append(current)
+        return words
+
+
+def build_pipelines(
+    src_lang: str,
+    tgt_lang: str,
+    src_tokens: Sequence[list[str]],
+    tgt_tokens: Sequence[list[str]],
+    vocab_size: int,
+    min_frequency: int,
+    joint: bool,
+) -> tuple[TextPipeline, TextPipeline]:
+    """Learn BPE on tokenized training text: one model for both sides, or one per side."""
+    if joint:
+        bpe = learn_bpe([*src_tokens, *tgt_tokens], vocab_size, min_frequency)
+        return TextPipeline(src_lang, bpe), TextPipeline(tgt_lang, bpe)
+    src_bpe = learn_bpe(src_tokens, vocab_size, min_frequency)
+    tgt_bpe = learn_bpe(tgt_tokens, vocab_size, min_frequency)
+    return TextPipeline(src_lang, src_bpe), TextPipeline(tgt_lang, tgt_bpe)
+
