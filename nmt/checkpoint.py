@@ -11,19 +11,29 @@ import dataclasses
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from nmt.config import DataConfig, ModelConfig
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.tokenization import TextPipeline
+from nmt.vocab import Vocabulary
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "model", "model_config", "data_config", "src_bpe", "tgt_bpe")
+REQUIRED_KEYS = (
+    "format_version",
+    "model",
+    "model_config",
+    "data_config",
+    "src_bpe",
+    "tgt_bpe",
+    "src_vocab",
+    "tgt_vocab",
+)
 
 
 def save(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -48,8 +58,10 @@ def make(
         "model": model.state_dict(),
         "model_config": dataclasses.asdict(model_cfg),
         "data_config": dataclasses.asdict(data_cfg),
-        "src_bpe": src.to_json(),
-        "tgt_bpe": tgt.to_json(),
+        "src_bpe": src.bpe.to_str(),
+        "tgt_bpe": tgt.bpe.to_str(),
+        "src_vocab": src.vocab.pieces,
+        "tgt_vocab": tgt.vocab.pieces,
         **extra,
     }
 
@@ -62,7 +74,7 @@ def load(path: Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise NmtError(f"{path}: refused, it holds code or objects, not checkpoint data ({error})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
         raise NmtError(f"{path}: not a readable nmt checkpoint (truncated or another format: {error})") from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise NmtError(f"{path}: not an nmt checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
@@ -78,8 +90,12 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
     """The model (in eval mode, on CPU) and text pipelines a checkpoint describes."""
     model_cfg = ModelConfig(**checkpoint["model_config"])
     data_cfg = DataConfig(**checkpoint["data_config"])
-    src = TextPipeline.from_json(data_cfg.src_lang, checkpoint["src_bpe"])
-    tgt = TextPipeline.from_json(data_cfg.tgt_lang, checkpoint["tgt_bpe"])
+    src = TextPipeline(
+        data_cfg.src_lang, Tokenizer.from_str(checkpoint["src_bpe"]), Vocabulary(checkpoint["src_vocab"])
+    )
+    tgt = TextPipeline(
+        data_cfg.tgt_lang, Tokenizer.from_str(checkpoint["tgt_bpe"]), Vocabulary(checkpoint["tgt_vocab"])
+    )
     model = Seq2Seq(model_cfg, src.vocab_size, tgt.vocab_size)
     try:
         model.load_state_dict(checkpoint["model"])
@@ -87,4 +103,3 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
         first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise NmtError(f"{path}: weights do not match the model and vocabulary it describes: {first_line}") from None
     return model.eval(), src, tgt, model_cfg
-

@@ -34,9 +34,7 @@ class DataConfig:
     src_lang: str = "en"
     tgt_lang: str = "de"
     # split alias -> file prefix (files) or split name (hub); `train`, `val`, `test` are used by training
-    splits: dict[str, str] = field(
-        default_factory=lambda: {"train": "train", "val": "val", "test": "test"}
-    )
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
     hub_name: str = ""  # e.g. "bentrevett/multi30k" or "wmt14"
     hub_config: str = ""  # e.g. "de-en"; empty for none
     synthetic_train_pairs: int = 12000

@@ -42,9 +42,7 @@ def read_lines(path: Path) -> list[str]:
         try:
             decoded.append(line.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError as error:
-            raise NmtError(
-                f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8"
-            ) from None
+            raise NmtError(f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8") from None
     return decoded
 
 
@@ -75,9 +73,7 @@ def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
         return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
     if cfg.corpus == "files":
         directory = Path(cfg.dir)
-        return read_parallel(
-            _corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang)
-        )
+        return read_parallel(_corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang))
     return _load_hub_split(cfg, name)
 
 
@@ -197,9 +193,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         cfg.bpe_min_frequency,
         cfg.joint_bpe,
     )
-    train, report = filter_pairs(
-        encode(train_tokens, src_pipeline, tgt_pipeline), cfg.max_length, cfg.max_length_ratio
-    )
+    train, report = filter_pairs(encode(train_tokens, src_pipeline, tgt_pipeline), cfg.max_length, cfg.max_length_ratio)
     if not len(train):
         raise NmtError(
             f"no training pairs left after filtering: {report.empty} had an empty side, "

@@ -28,7 +28,8 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def max_lengths(src_len: torch.Tensor, ratio: float, offset: int) -> torch.Tensor:
-    return (src_len.double() * ratio).floor().long() + offset
+    # the epsilon keeps e.g. 100 * 2.3 = 229.99999999999997 from losing a token
+    return (src_len.double() * ratio + 1e-9).floor().long() + offset
 
 
 def _force_eos(log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

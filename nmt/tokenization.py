@@ -3,7 +3,8 @@
 `TextPipeline.encode` and `decode` are inverse up to Moses detokenization:
 raw text -> normalize -> tokenize -> BPE pieces -> ids, and ids -> pieces -> words -> detokenize.
 BPE is HF `tokenizers` over Moses tokens; a piece that ends a word carries the `</w>` suffix,
-so words are rebuilt without guessing. The BPE model travels inside checkpoints as JSON text.
+so words are rebuilt without guessing. The BPE model travels inside checkpoints as JSON text,
+each side's vocabulary as a list of pieces.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from nmt.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+from nmt.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, Vocabulary
 
 END_OF_WORD = "</w>"
 
@@ -56,42 +57,39 @@ def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequen
 class TextPipeline:
     """One language's full path between raw text and subword ids."""
 
-    def __init__(self, lang: str, bpe: Tokenizer) -> None:
+    def __init__(self, lang: str, bpe: Tokenizer, vocab: Vocabulary) -> None:
         self.moses = MosesText(lang)
         self.bpe = bpe
-        self._pieces = [bpe.id_to_token(i) for i in range(bpe.get_vocab_size())]
-
-    @classmethod
-    def from_json(cls, lang: str, bpe_json: str) -> TextPipeline:
-        return cls(lang, Tokenizer.from_str(bpe_json))
-
-    def to_json(self) -> str:
-        return self.bpe.to_str()
+        self.vocab = vocab
 
     @property
     def vocab_size(self) -> int:
-        return len(self._pieces)
+        return len(self.vocab)
 
-    def encode_tokens(self, batch: Sequence[list[str]]) -> list[list[int]]:
-        """Moses tokens -> BPE ids (no BOS/EOS)."""
+    def segment(self, batch: Sequence[list[str]]) -> list[list[str]]:
+        """Moses tokens -> BPE pieces."""
         # tokenizers cannot take an empty pre-tokenized sequence
         nonempty = [tokens if tokens else ["x"] for tokens in batch]
         encodings = self.bpe.encode_batch(nonempty, is_pretokenized=True, add_special_tokens=False)
-        return [enc.ids if tokens else [] for enc, tokens in zip(encodings, batch)]
+        return [enc.tokens if tokens else [] for enc, tokens in zip(encodings, batch)]
+
+    def encode_tokens(self, batch: Sequence[list[str]]) -> list[list[int]]:
+        """Moses tokens -> subword ids (no BOS/EOS)."""
+        return [self.vocab.ids(pieces) for pieces in self.segment(batch)]
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Raw lines -> BPE ids (no BOS/EOS)."""
+        """Raw lines -> subword ids (no BOS/EOS)."""
         return self.encode_tokens([self.moses.tokenize(line) for line in lines])
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
-        return [self._pieces[i] for i in ids if i not in (PAD, BOS, EOS)]
+        return [self.vocab.pieces[i] for i in ids if i not in (PAD, BOS, EOS)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """BPE ids -> detokenized text; stops at nothing, skips PAD/BOS/EOS."""
+        """Subword ids -> detokenized text; PAD, BOS and EOS are skipped."""
         return self.moses.detokenize(self.words(ids))
 
     def words(self, ids: Iterable[int]) -> list[str]:
-        """BPE ids -> Moses tokens, joining pieces up to each end-of-word marker."""
+        """Subword ids -> Moses tokens, joining pieces up to each end-of-word marker."""
         words, current = [], ""
         for piece in self.pieces(ids):
             if piece.endswith(END_OF_WORD):
@@ -114,15 +112,20 @@ def build_pipelines(
     tgt_lang: str,
     src_tokens: Sequence[list[str]],
     tgt_tokens: Sequence[list[str]],
-    vocab_size: int,
+    bpe_size: int,
     min_frequency: int,
     joint: bool,
 ) -> tuple[TextPipeline, TextPipeline]:
-    """Learn BPE on tokenized training text: one model for both sides, or one per side."""
+    """Learn BPE on tokenized training text, one model for both sides or one per side;
+    each side's vocabulary holds the pieces that occur on that side."""
     if joint:
-        bpe = learn_bpe([*src_tokens, *tgt_tokens], vocab_size, min_frequency)
-        return TextPipeline(src_lang, bpe), TextPipeline(tgt_lang, bpe)
-    src_bpe = learn_bpe(src_tokens, vocab_size, min_frequency)
-    tgt_bpe = learn_bpe(tgt_tokens, vocab_size, min_frequency)
-    return TextPipeline(src_lang, src_bpe), TextPipeline(tgt_lang, tgt_bpe)
+        src_bpe = tgt_bpe = learn_bpe([*src_tokens, *tgt_tokens], bpe_size, min_frequency)
+    else:
+        src_bpe = learn_bpe(src_tokens, bpe_size, min_frequency)
+        tgt_bpe = learn_bpe(tgt_tokens, bpe_size, min_frequency)
 
+    def pipeline(lang: str, bpe: Tokenizer, tokens: Sequence[list[str]]) -> TextPipeline:
+        unfinished = TextPipeline(lang, bpe, Vocabulary(SPECIAL_TOKENS))
+        return TextPipeline(lang, bpe, Vocabulary.build(unfinished.segment(tokens)))
+
+    return pipeline(src_lang, src_bpe, src_tokens), pipeline(tgt_lang, tgt_bpe, tgt_tokens)

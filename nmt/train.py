@@ -1,6 +1,6 @@
 """`python -m nmt.train`: train a model from the Hydra config and write checkpoints to the run dir.
 
-    python -m nmt.train data=multi30k model=bench train.max_epochs=10 hydra.run.dir=runs/ende
+python -m nmt.train data=multi30k model=bench train.max_epochs=10 hydra.run.dir=runs/ende
 """
 
 from __future__ import annotations
@@ -47,13 +47,20 @@ def run(cfg: Config, out_dir: Path) -> float:
     report = data.train_report
     log.info(
         "training pairs: %d kept; dropped %d with an empty side, %d over %d subwords, %d over length ratio %g",
-        report.kept, report.empty, report.too_long, cfg.data.max_length, report.bad_ratio, cfg.data.max_length_ratio,
+        report.kept,
+        report.empty,
+        report.too_long,
+        cfg.data.max_length,
+        report.bad_ratio,
+        cfg.data.max_length_ratio,
     )
     model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
     log.info(
         "vocabulary: %d source, %d target; parameters: %d; validation pairs: %d",
-        data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size,
-        sum(p.numel() for p in model.parameters()), len(data.val),
+        data.src_pipeline.vocab_size,
+        data.tgt_pipeline.vocab_size,
+        sum(p.numel() for p in model.parameters()),
+        len(data.val),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
@@ -69,7 +76,11 @@ def run(cfg: Config, out_dir: Path) -> float:
     result = Trainer(model, data, cfg, log_record, save).fit()
     log.info(
         "done: %d steps, %d epochs, %.1f minutes; best validation score %.2f; checkpoint %s",
-        result.steps, result.epochs, result.minutes, result.best_score, out_dir / "checkpoints" / "best.pt",
+        result.steps,
+        result.epochs,
+        result.minutes,
+        result.best_score,
+        out_dir / "checkpoints" / "best.pt",
     )
     return result.best_score
 

@@ -154,15 +154,17 @@ class Trainer:
                 if self.step % train.log_every == 0:
                     now = time.monotonic()
                     loss = interval_nll / interval_tokens
-                    self.log({
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "loss": loss,
-                        "ppl": math.exp(min(loss, 100.0)),
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "grad_norm": grad_norm,
-                        "tgt_tokens_per_s": interval_tokens / (now - interval_start),
-                    })
+                    self.log(
+                        {
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "loss": loss,
+                            "ppl": math.exp(min(loss, 100.0)),
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "grad_norm": grad_norm,
+                            "tgt_tokens_per_s": interval_tokens / (now - interval_start),
+                        }
+                    )
                     interval_start, interval_nll, interval_tokens = now, 0.0, 0
                 if train.valid_every and self.step % train.valid_every == 0:
                     self._validate_and_save()

@@ -78,7 +78,5 @@ class Translator:
                 indices = nonempty[batch]
                 hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg)
                 for index, hyps in zip(indices, hypotheses):
-                    results[index] = [
-                        Translation(self.tgt_pipeline.decode(h.tokens), h.score, h.tokens) for h in hyps
-                    ]
+                    results[index] = [Translation(self.tgt_pipeline.decode(h.tokens), h.score, h.tokens) for h in hyps]
         return results

@@ -1,4 +1,34 @@
-"""Special symbols with fixed ids: every vocabulary starts with them, in this order."""
+"""Subword vocabularies: special symbols with fixed ids first, then pieces by frequency."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+class Vocabulary:
+    """A bijection between pieces and ids; pieces it has not seen map to UNK."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        if tuple(pieces[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary starts with {SPECIAL_TOKENS}")
+        self.pieces = list(pieces)
+        self._ids = {piece: index for index, piece in enumerate(self.pieces)}
+
+    @classmethod
+    def build(cls, segmented: Iterable[Sequence[str]], min_count: int = 1) -> Vocabulary:
+        """Pieces seen at least `min_count` times, most frequent first (ties alphabetical)."""
+        counts = Counter(piece for pieces in segmented for piece in pieces)
+        for special in SPECIAL_TOKENS:
+            counts.pop(special, None)
+        frequent = sorted((p for p, n in counts.items() if n >= min_count), key=lambda p: (-counts[p], p))
+        return cls([*SPECIAL_TOKENS, *frequent])
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def ids(self, pieces: Iterable[str]) -> list[int]:
+        return [self._ids.get(piece, UNK) for piece in pieces]

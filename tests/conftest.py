@@ -1,0 +1,54 @@
+"""Shared fixtures: the Multi30k folder (tests skip without it) and one small trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nmt.config import Config, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+from nmt.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir() -> Path:
+    if not (MULTI30K / "train.en.gz").exists():
+        pytest.skip(f"Multi30k not found at {MULTI30K} (it lives in ../shared/data/multi30k beside the repo)")
+    return MULTI30K
+
+
+def tiny_config(**train_overrides: object) -> Config:
+    """The default synthetic task at a reduced budget: fewer pairs, a smaller model, a step cap."""
+    train = {
+        "batch_tokens": 1500,
+        "lr": 0.003,
+        "max_epochs": 0,
+        "max_steps": 40,
+        "log_every": 20,
+        "seed": 1,
+        **train_overrides,
+    }
+    return Config(
+        data=DataConfig(
+            corpus="synthetic",
+            src_lang="src",
+            tgt_lang="tgt",
+            synthetic_train_pairs=3000,
+            bpe_vocab_size=600,
+            max_length=80,
+        ),
+        model=ModelConfig(embed_size=64, hidden_size=128, dropout=0.1),
+        train=TrainConfig(**train),
+        decode=DecodeConfig(),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint trained for a few dozen steps: not good, but a real model to decode with."""
+    out_dir = tmp_path_factory.mktemp("tiny_run")
+    run(tiny_config(), out_dir)
+    return out_dir / "checkpoints" / "best.pt"

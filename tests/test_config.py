@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from nmt.config import Config, DataConfig, DecodeConfig, EvaluateConfig, ModelConfig, TrainConfig, register_configs
+from nmt.errors import NmtError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+GROUPS = ("data", "model", "train", "decode", "experiment")
+REQUIRED_VALUES = {
+    ("data", "files"): ["data.dir=/corpus", "data.src_lang=fr", "data.tgt_lang=it"],
+    ("data", "hub"): ["data.hub_name=wmt14", "data.hub_config=de-en", "data.src_lang=en", "data.tgt_lang=de"],
+}
+GROUP_OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+def compose(config_name="train", overrides=()):
+    register_configs()
+    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra.compose(config_name=config_name, overrides=list(overrides))
+
+
+def test_every_group_has_options():
+    assert {group for group, _ in GROUP_OPTIONS} == set(GROUPS)
+    assert ("data", "multi30k") in GROUP_OPTIONS
+    assert ("experiment", "multi30k_ende") in GROUP_OPTIONS
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_option_of_every_group_composes_into_the_schema(group, option):
+    overrides = [f"{group}={option}", *REQUIRED_VALUES.get((group, option), [])]
+    cfg = OmegaConf.to_object(compose(overrides=overrides))
+    assert isinstance(cfg, Config)
+    assert isinstance(cfg.data, DataConfig)
+    assert isinstance(cfg.model, ModelConfig)
+    assert isinstance(cfg.train, TrainConfig)
+    assert isinstance(cfg.decode, DecodeConfig)
+    if group != "experiment":
+        option_values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+        chosen = {key: value for key, value in option_values.items() if value != "???"}
+        composed = asdict(getattr(cfg, group))
+        assert {key: composed[key] for key in chosen} == chosen
+
+
+def test_defaults_use_the_builtin_corpus_and_small_model():
+    cfg = OmegaConf.to_object(compose())
+    assert cfg.data.corpus == "synthetic"
+    assert (cfg.data.src_lang, cfg.data.tgt_lang) == ("src", "tgt")
+    assert cfg.model.hidden_size == 256
+    assert cfg.train.max_minutes == 4.0
+
+
+def test_files_corpus_takes_its_required_values_and_split_names():
+    cfg = OmegaConf.to_object(compose(overrides=["data=files", *REQUIRED_VALUES["data", "files"]]))
+    assert (cfg.data.corpus, cfg.data.dir, cfg.data.src_lang, cfg.data.tgt_lang) == ("files", "/corpus", "fr", "it")
+    assert cfg.data.splits == {"train": "train", "val": "valid", "test": "test"}
+
+
+@pytest.mark.parametrize(("option", "key"), [("files", "data.dir"), ("hub", "data.hub_name")])
+def test_corpus_without_its_location_fails_naming_the_key(option, key):
+    with pytest.raises(NmtError, match=key):
+        OmegaConf.to_object(compose(overrides=[f"data={option}"]))
+
+
+def test_files_corpus_takes_its_languages_from_overrides():
+    cfg = OmegaConf.to_object(
+        compose(overrides=["data=files", "data.dir=/corpus", "data.src_lang=fr", "data.tgt_lang=en"])
+    )
+    assert (cfg.data.corpus, cfg.data.dir, cfg.data.src_lang, cfg.data.tgt_lang) == ("files", "/corpus", "fr", "en")
+
+
+def test_experiment_multi30k_ende_selects_data_model_and_train():
+    cfg = OmegaConf.to_object(compose(overrides=["experiment=multi30k_ende", "data.dir=/elsewhere"]))
+    assert cfg.data.corpus == "files"
+    assert cfg.data.dir == "/elsewhere"
+    assert (cfg.data.src_lang, cfg.data.tgt_lang) == ("en", "de")
+    assert cfg.data.splits["test"] == "test_2016_flickr"
+    assert cfg.data.bpe_vocab_size == 8000
+    assert (cfg.model.embed_size, cfg.model.hidden_size, cfg.model.dropout) == (256, 512, 0.3)
+    assert (cfg.train.batch_tokens, cfg.train.lr, cfg.train.max_epochs) == (4000, 0.001, 20)
+
+
+def test_evaluate_config_composes_with_a_checkpoint():
+    cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=runs/x/checkpoints/best.pt", "decode.beam_size=3"]))
+    assert isinstance(cfg, EvaluateConfig)
+    assert cfg.checkpoint == "runs/x/checkpoints/best.pt"
+    assert cfg.split == "test"
+    assert cfg.data.corpus == "synthetic"
+    assert cfg.decode.beam_size == 3
+
+
+def test_evaluate_config_without_checkpoint_fails():
+    with pytest.raises(MissingMandatoryValue, match="checkpoint"):
+        OmegaConf.to_object(compose("evaluate"))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.hiden_size=3", "model.hidden_size=abc", "train.lr=fast", "decode.beam_size=2.5", "data.joint_bpe=maybe"],
+)
+def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        compose(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.hidden_size=0"], "model.hidden_size"),
+        (["model.hidden_size=255"], "model.hidden_size"),
+        (["model.attention=cosine"], "model.attention"),
+        (["model.dropout=1.0"], "model.dropout"),
+        (["decode.beam_size=0"], "decode.beam_size"),
+        (["decode.beam_size=4", "decode.nbest=5"], "decode.nbest"),
+        (["train.lr=-1"], "train.lr"),
+        (["train.max_epochs=0", "train.max_minutes=0"], "train.max_epochs, train.max_steps or train.max_minutes"),
+        (["train.precision=fp16"], "train.precision"),
+        (["data.corpus=bogus"], "data.corpus"),
+        (["data.tgt_lang=src"], "data.tgt_lang"),
+        (["data.bpe_vocab_size=4"], "data.bpe_vocab_size"),
+        (["~data.splits.val"], "data.splits.val"),
+    ],
+)
+def test_impossible_value_raises_nmt_error_naming_the_key(overrides, key):
+    cfg = compose(overrides=overrides)
+    with pytest.raises(NmtError) as raised:
+        OmegaConf.to_object(cfg)
+    assert type(raised.value) is NmtError
+    assert str(raised.value).startswith(f"config: {key} must be")

@@ -1,0 +1,306 @@
+"""The network's shapes, padding invariance, LSTM and attention equations, and the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.attention import Attention
+from nmt.config import ModelConfig
+from nmt.decoder import DecoderState, lstm_cell
+from nmt.loss import sequence_loss
+from nmt.model import EncodedSource, Seq2Seq
+from nmt.vocab import BOS, EOS, PAD
+
+SRC_VOCAB, TGT_VOCAB = 23, 19
+
+
+def make_model(seed: int = 0, **overrides: object) -> Seq2Seq:
+    settings = {"embed_size": 12, "hidden_size": 16, "dropout": 0.0, **overrides}
+    torch.manual_seed(seed)
+    return Seq2Seq(ModelConfig(**settings), SRC_VOCAB, TGT_VOCAB).eval()
+
+
+def random_ids(generator: torch.Generator, length: int, vocab: int) -> list[int]:
+    # real tokens only: ids from EOS + 1 up, so no PAD/BOS/EOS inside a sentence
+    return torch.randint(EOS + 1, vocab, (length,), generator=generator).tolist()
+
+
+def pad_rows(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(row) for row in rows)), PAD, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = torch.tensor(row)
+    return out
+
+
+def source_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return pad_rows(rows), torch.tensor([len(row) for row in rows])
+
+
+def target_input(rows: list[list[int]]) -> torch.Tensor:
+    return pad_rows([[BOS, *row] for row in rows])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention": "dot"},
+        {"attention": "general"},
+        {"attention": "additive"},
+        {"encoder_layers": 2, "decoder_layers": 2},
+        {"tie_embeddings": True},
+        {"tie_embeddings": True, "embed_size": 16},
+    ],
+    ids=["dot", "general", "additive", "two-layers", "tied", "tied-same-size"],
+)
+def test_forward_gives_batch_time_vocab_logits(overrides: dict) -> None:
+    model = make_model(**overrides)
+    generator = torch.Generator().manual_seed(1)
+    src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (5, 3, 7)])
+    tgt_in = target_input([random_ids(generator, n, TGT_VOCAB) for n in (4, 6, 2)])
+
+    logits = model(src, src_len, tgt_in)
+
+    assert logits.shape == (3, 7, TGT_VOCAB)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("embed_size", "projection"), [(12, torch.nn.Linear), (16, torch.nn.Identity)])
+def test_tied_output_layer_is_the_decoder_embedding(embed_size: int, projection: type) -> None:
+    model = make_model(embed_size=embed_size, hidden_size=16, tie_embeddings=True)
+
+    assert model.output.weight is model.decoder.embed.weight
+    assert isinstance(model.output_proj, projection)
+    # one parameter, so training one trains the other
+    names = [name for name, _ in model.named_parameters()]
+    assert "output.weight" not in names
+    assert "decoder.embed.weight" in names
+
+
+def test_untied_output_layer_has_its_own_weight() -> None:
+    model = make_model(tie_embeddings=False)
+    assert model.output.weight is not model.decoder.embed.weight
+    assert model.output.weight.shape == (TGT_VOCAB, 16)
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "additive"])
+def test_padding_does_not_change_logits(attention: str) -> None:
+    model = make_model(attention=attention, encoder_layers=2, decoder_layers=2)
+    generator = torch.Generator().manual_seed(2)
+    sources = [random_ids(generator, n, SRC_VOCAB) for n in (3, 8, 5)]
+    targets = [random_ids(generator, n, TGT_VOCAB) for n in (2, 4, 9)]
+
+    with torch.no_grad():
+        batched = model(*source_batch(sources), target_input(targets))
+        for row, (source, target) in enumerate(zip(sources, targets)):
+            alone = model(*source_batch([source]), target_input([target]))
+            steps = len(target) + 1
+            torch.testing.assert_close(batched[row, :steps], alone[0], atol=1e-5, rtol=0)
+
+
+def test_step_log_probs_are_the_same_alone_and_batched() -> None:
+    model = make_model(attention="general", decoder_layers=2)
+    generator = torch.Generator().manual_seed(3)
+    sources = [random_ids(generator, n, SRC_VOCAB) for n in (6, 2, 4)]
+    prev_steps = [[BOS, BOS, BOS], random_ids(generator, 3, TGT_VOCAB), random_ids(generator, 3, TGT_VOCAB)]
+
+    def run_steps(rows: list[int]) -> list[torch.Tensor]:
+        source, state = model.encode(*source_batch([sources[row] for row in rows]))
+        outputs = []
+        for prev in prev_steps:
+            log_probs, state, attention = model.step(torch.tensor([prev[row] for row in rows]), state, source)
+            outputs.append(log_probs)
+        return outputs
+
+    with torch.no_grad():
+        batched = run_steps([0, 1, 2])
+        for row in range(3):
+            for step, alone in enumerate(run_steps([row])):
+                torch.testing.assert_close(batched[step][row], alone[0], atol=1e-5, rtol=0)
+    assert torch.allclose(batched[0].exp().sum(dim=1), torch.ones(3))
+
+
+def test_step_agrees_with_teacher_forced_forward() -> None:
+    model = make_model(attention="additive", decoder_layers=2)
+    generator = torch.Generator().manual_seed(4)
+    src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (4, 6)])
+    tgt_in = target_input([random_ids(generator, 3, TGT_VOCAB) for _ in range(2)])
+
+    with torch.no_grad():
+        expected = F.log_softmax(model(src, src_len, tgt_in), dim=-1)
+        source, state = model.encode(src, src_len)
+        for t in range(tgt_in.size(1)):
+            log_probs, state, _ = model.step(tgt_in[:, t], state, source)
+            torch.testing.assert_close(log_probs, expected[:, t], atol=1e-5, rtol=0)
+
+
+def test_first_decoder_layer_matches_torch_lstm_cell() -> None:
+    model = make_model(embed_size=12, hidden_size=16)
+    first = model.decoder.cells[0]
+    embed_size = model.decoder.embed.embedding_dim
+    generator = torch.Generator().manual_seed(5)
+    embedded = torch.randn(4, embed_size, generator=generator)
+    feed, h, c = (torch.randn(4, 16, generator=generator) for _ in range(3))
+
+    # the split computation of Decoder.forward: embedding gates apart, then [feed; h] recurrent gates
+    embed_gates = F.linear(embedded, first.weight_ih[:, :embed_size], first.bias_ih + first.bias_hh)
+    recurrent_weight = torch.cat([first.weight_ih[:, embed_size:], first.weight_hh], dim=1)
+    gates = embed_gates + F.linear(torch.cat([feed, h], dim=1), recurrent_weight)
+    with torch.no_grad():
+        split_h, split_c = lstm_cell(gates, c)
+        cell_h, cell_c = first(torch.cat([embedded, feed], dim=1), (h, c))
+
+    torch.testing.assert_close(split_h, cell_h, atol=1e-6, rtol=0)
+    torch.testing.assert_close(split_c, cell_c, atol=1e-6, rtol=0)
+
+
+def test_decoder_forward_matches_a_loop_of_lstm_cells() -> None:
+    """The whole decoder, rebuilt step by step from torch modules, for one- and two-layer stacks."""
+    for layers in (1, 2):
+        model = make_model(decoder_layers=layers, attention="general")
+        decoder = model.decoder
+        generator = torch.Generator().manual_seed(6)
+        src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (5, 2)])
+        tgt_in = target_input([random_ids(generator, 3, TGT_VOCAB) for _ in range(2)])
+        with torch.no_grad():
+            source, state = model.encode(src, src_len)
+            hidden, _, _ = decoder(tgt_in, state, source.memory, source.keys, source.mask)
+            h, c, feed = list(state.h), list(state.c), state.feed
+            for t in range(tgt_in.size(1)):
+                layer_input = torch.cat([decoder.embed(tgt_in[:, t]), feed], dim=1)
+                for layer, cell in enumerate(decoder.cells):
+                    h[layer], c[layer] = cell(layer_input, (h[layer], c[layer]))
+                    layer_input = h[layer]
+                context, _ = decoder.attention(h[-1], source.keys, source.memory, source.mask)
+                feed = torch.tanh(decoder.combine(torch.cat([context, h[-1]], dim=1)))
+                torch.testing.assert_close(hidden[:, t], feed, atol=1e-6, rtol=0)
+
+
+def attention_inputs(
+    kind: str, seed: int = 7
+) -> tuple[Attention, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    attention = Attention(kind, 8, 8)
+    query, memory = torch.randn(3, 8), torch.randn(3, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False], [True, False, False, False, False]])
+    return attention, query, attention.project_keys(memory), memory, mask
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_attention_weights_are_zero_on_padding_and_sum_to_one(kind: str) -> None:
+    attention, query, keys, memory, mask = attention_inputs(kind)
+    with torch.no_grad():
+        context, weights = attention(query, keys, memory, mask)
+
+    assert weights.shape == (3, 5)
+    assert context.shape == (3, 8)
+    assert (weights[~mask] == 0).all()
+    assert (weights[mask] > 0).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3))
+    torch.testing.assert_close(weights[2], torch.tensor([1.0, 0, 0, 0, 0]))
+    # the context is the weighted sum of memory, whatever the scores
+    torch.testing.assert_close(context, torch.einsum("bs,bsm->bm", weights, memory))
+
+
+def test_attention_ignores_what_padding_positions_hold() -> None:
+    attention, query, keys, memory, mask = attention_inputs("additive")
+    garbage = memory.clone()
+    garbage[~mask] = 1e3
+    with torch.no_grad():
+        expected = attention(query, keys, memory, mask)
+        actual = attention(query, attention.project_keys(garbage), garbage, mask)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_dot_attention_is_a_softmax_weighted_sum() -> None:
+    attention, query, keys, memory, mask = attention_inputs("dot")
+    context, weights = attention(query, keys, memory, mask)
+
+    for row in range(3):
+        real = memory[row, mask[row]]  # (S_row, M)
+        expected_weights = torch.softmax(real @ query[row], dim=0)
+        torch.testing.assert_close(weights[row, mask[row]], expected_weights)
+        torch.testing.assert_close(context[row], expected_weights @ real)
+
+
+def test_dot_attention_requires_equal_sizes() -> None:
+    with pytest.raises(ValueError, match="equal sizes"):
+        Attention("dot", 8, 6)
+
+
+def test_encoded_source_index_select_reorders_rows() -> None:
+    memory, keys = torch.arange(3 * 2 * 4.0).view(3, 2, 4), -torch.arange(3 * 2 * 4.0).view(3, 2, 4)
+    mask = torch.tensor([[True, False], [True, True], [False, False]])
+    order = torch.tensor([2, 0, 0, 1])
+
+    picked = EncodedSource(memory, keys, mask).index_select(order)
+
+    assert isinstance(picked, EncodedSource)
+    assert torch.equal(picked.memory, memory[[2, 0, 0, 1]])
+    assert torch.equal(picked.keys, keys[[2, 0, 0, 1]])
+    assert torch.equal(picked.mask, mask[[2, 0, 0, 1]])
+
+
+def test_decoder_state_index_select_reorders_batch_rows() -> None:
+    layers, batch, hidden = 2, 3, 4
+    h = torch.arange(layers * batch * hidden, dtype=torch.float).view(layers, batch, hidden)
+    c, feed = h + 100, torch.arange(batch * hidden, dtype=torch.float).view(batch, hidden)
+    order = torch.tensor([1, 1, 2, 0])
+
+    picked = DecoderState(h, c, feed).index_select(order)
+
+    assert isinstance(picked, DecoderState)
+    # the batch is dim 1 of h and c (layers first) but dim 0 of feed
+    assert torch.equal(picked.h, h[:, [1, 1, 2, 0]])
+    assert torch.equal(picked.c, c[:, [1, 1, 2, 0]])
+    assert torch.equal(picked.feed, feed[[1, 1, 2, 0]])
+
+
+def loss_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(3, 4, 7, generator=generator)
+    target = torch.tensor([[4, 5, 6, EOS], [5, EOS, PAD, PAD], [EOS, PAD, PAD, PAD]])
+    return logits, target
+
+
+def test_loss_without_smoothing_is_summed_cross_entropy() -> None:
+    logits, target = loss_inputs()
+    out = sequence_loss(logits, target, label_smoothing=0.0)
+
+    expected = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum")
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.nll, expected)
+    assert out.tokens == 7
+
+
+def test_loss_ignores_whatever_logits_sit_at_padding() -> None:
+    logits, target = loss_inputs()
+    changed = logits.clone()
+    changed[target == PAD] = torch.randn(int((target == PAD).sum()), 7) * 50
+    for smoothing in (0.0, 0.2):
+        original, altered = sequence_loss(logits, target, smoothing), sequence_loss(changed, target, smoothing)
+        torch.testing.assert_close(altered.loss, original.loss)
+        torch.testing.assert_close(altered.nll, original.nll)
+
+
+def test_loss_of_an_all_padding_row_is_zero() -> None:
+    logits, target = loss_inputs()
+    out = sequence_loss(logits[:1], torch.full_like(target[:1], PAD), label_smoothing=0.1)
+    assert out.loss.item() == 0.0
+    assert out.nll.item() == 0.0
+    assert out.tokens == 0
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothed_loss_matches_torch(eps: float) -> None:
+    logits, target = loss_inputs()
+    out = sequence_loss(logits, target, label_smoothing=eps)
+
+    flat_logits, flat_target = logits.flatten(0, 1), target.flatten()
+    expected = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD, label_smoothing=eps, reduction="sum")
+    torch.testing.assert_close(out.loss, expected)
+    # nll stays the unsmoothed likelihood, for perplexity
+    nll = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD, reduction="sum")
+    torch.testing.assert_close(out.nll, nll)
+    assert out.tokens == 7

@@ -1,0 +1,407 @@
+"""Greedy and beam search against scripted models with hand-computed answers, and on real models."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from nmt import checkpoint, synthetic
+from nmt.config import ModelConfig
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty, max_lengths
+from nmt.vocab import BOS, EOS, PAD, UNK
+
+A, B = 4, 5  # two ordinary target tokens
+VOCAB = 6
+# (source sentence without padding, tokens generated so far) -> {next token: probability}
+NextTokens = Callable[[tuple[int, ...], tuple[int, ...]], dict[int, float]]
+
+
+class FakeSource(NamedTuple):
+    src: torch.Tensor  # (B, S)
+
+    def index_select(self, order: torch.Tensor) -> FakeSource:
+        return FakeSource(self.src.index_select(0, order))
+
+
+class FakeState(NamedTuple):
+    fed: torch.Tensor  # (B, t): every token fed so far, BOS first
+
+    def index_select(self, order: torch.Tensor) -> FakeState:
+        return FakeState(self.fed.index_select(0, order))
+
+
+class ScriptedModel:
+    """A model whose next-token distribution is a function of the source and the prefix.
+
+    The prefix lives in the state, so a search that reorders states wrongly scores the wrong prefix.
+    """
+
+    def __init__(self, next_tokens: NextTokens, vocab_size: int = VOCAB) -> None:
+        self.next_tokens = next_tokens
+        self.vocab_size = vocab_size
+        self.step_rows: list[int] = []  # batch rows of each step call
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[FakeSource, FakeState]:
+        return FakeSource(src), FakeState(torch.empty((src.size(0), 0), dtype=torch.long))
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: FakeState, source: FakeSource
+    ) -> tuple[torch.Tensor, FakeState, torch.Tensor]:
+        fed = torch.cat([state.fed, prev_tokens.unsqueeze(1)], dim=1)
+        rows = []
+        for src_row, fed_row in zip(source.src.tolist(), fed.tolist()):
+            assert fed_row[0] == BOS
+            sentence = tuple(token for token in src_row if token != PAD)
+            log_probs = [-math.inf] * self.vocab_size
+            for token, prob in self.next_tokens(sentence, tuple(fed_row[1:])).items():
+                log_probs[token] = math.log(prob)
+            rows.append(log_probs)
+        self.step_rows.append(len(rows))
+        return torch.tensor(rows), FakeState(fed), torch.zeros(len(rows), source.src.size(1))
+
+
+def scripted(table: dict[tuple[int, ...], dict[int, float]]) -> ScriptedModel:
+    """Distributions by prefix; prefixes the test does not care about can only end."""
+    return ScriptedModel(lambda sentence, prefix: table.get(prefix, {EOS: 1.0}))
+
+
+def sources(*lengths: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded sources whose content tells sentences apart: sentence i is (i + 4) repeated."""
+    src = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        src[row, :length] = row + 4
+    return src, torch.tensor(lengths)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def one_sentence(batch: Batch, row: int) -> Batch:
+    """Row `row` of a batch as a batch of its own, without the padding."""
+    src, src_len = batch
+    return src[row : row + 1, : src_len[row]], src_len[row : row + 1]
+
+
+def beam(
+    model: object, batch: Batch, beam_size: int, nbest: int, alpha: float = 0.0, ratio: float = 1.0, offset: int = 0
+) -> list[list[Hypothesis]]:
+    src, src_len = batch
+    return beam_search(model, src, src_len, beam_size, nbest, ratio, offset, alpha)
+
+
+def greedy(
+    model: object, batch: Batch, alpha: float = 0.0, ratio: float = 1.0, offset: int = 0
+) -> list[list[Hypothesis]]:
+    src, src_len = batch
+    return greedy_search(model, src, src_len, ratio, offset, alpha)
+
+
+def assert_hypotheses(actual: list[Hypothesis], expected: list[tuple[list[int], float, float]]) -> None:
+    """expected: (tokens, log-prob, score) per hypothesis, best first."""
+    assert [h.tokens for h in actual] == [tokens for tokens, _, _ in expected]
+    for hypothesis, (_, log_prob, score) in zip(actual, expected):
+        assert hypothesis.log_prob == pytest.approx(log_prob, rel=1e-6)
+        assert hypothesis.score == pytest.approx(score, rel=1e-6)
+
+
+def test_length_penalty_and_limits_follow_the_formulas() -> None:
+    assert length_penalty(7, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(1, 0.6) == pytest.approx(1.0)
+    assert length_penalty(10, 0.5) == pytest.approx(2.5**0.5)
+    assert max_lengths(torch.tensor([2, 3, 10]), 1.5, 1).tolist() == [4, 5, 16]
+
+
+# Greedy takes A (0.6) and then can only end with 0.4: 0.24 in all.
+# B (0.4) is worse first but ends with 0.9: 0.36.
+GREEDY_TRAP = {
+    (): {A: 0.6, B: 0.4},
+    (A,): {EOS: 0.4, A: 0.35, B: 0.25},
+    (B,): {EOS: 0.9, A: 0.1},
+}
+
+
+def test_greedy_takes_the_locally_best_token() -> None:
+    (hypotheses,) = greedy(scripted(GREEDY_TRAP), sources(5))
+    assert_hypotheses(hypotheses, [([A], math.log(0.24), math.log(0.24))])
+
+
+def test_beam_search_finds_what_greedy_misses() -> None:
+    (hypotheses,) = beam(scripted(GREEDY_TRAP), sources(5), beam_size=2, nbest=2)
+    assert_hypotheses(hypotheses, [([B], math.log(0.36), math.log(0.36)), ([A], math.log(0.24), math.log(0.24))])
+
+
+# Ending right away is likeliest (0.5) and finishes at step 0; the two live beams go on
+# to finish at step 2 as A A (0.3 * 0.6 * 0.8) and B B (0.2 * 0.7 * 0.6).
+# B EOS (0.04) ranks below the beam at step 1 and must not finish.
+EARLY_END = {
+    (): {EOS: 0.5, A: 0.3, B: 0.2},
+    (A,): {A: 0.6, B: 0.3, EOS: 0.1},
+    (B,): {B: 0.7, EOS: 0.2, A: 0.1},
+    (A, A): {EOS: 0.8, A: 0.2},
+    (B, B): {EOS: 0.6, B: 0.4},
+}
+
+
+def test_a_hypothesis_that_ends_early_is_kept_while_the_others_continue() -> None:
+    model = scripted(EARLY_END)
+    (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=2)
+
+    assert_hypotheses(hypotheses, [([], math.log(0.5), math.log(0.5)), ([A, A], math.log(0.144), math.log(0.144))])
+    assert model.step_rows == [2, 2, 2]
+
+
+def test_beam_search_returns_every_finished_hypothesis_up_to_nbest_ranked_by_score() -> None:
+    (hypotheses,) = beam(scripted(EARLY_END), sources(5), beam_size=2, nbest=3, alpha=1.0)
+    expected = [
+        ([], math.log(0.5), math.log(0.5) / length_penalty(1, 1.0)),
+        ([A, A], math.log(0.144), math.log(0.144) / length_penalty(3, 1.0)),
+        ([B, B], math.log(0.084), math.log(0.084) / length_penalty(3, 1.0)),
+    ]
+    assert_hypotheses(hypotheses, expected)
+
+
+def test_greedy_ends_at_once_when_eos_is_best() -> None:
+    (hypotheses,) = greedy(scripted(EARLY_END), sources(5), alpha=1.0)
+    assert_hypotheses(hypotheses, [([], math.log(0.5), math.log(0.5) / length_penalty(1, 1.0))])
+
+
+def never_ends(probs: dict[int, float]) -> ScriptedModel:
+    return ScriptedModel(lambda sentence, prefix: probs)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_greedy_forces_eos_at_ratio_times_source_length_plus_offset(alpha: float) -> None:
+    # limits: floor(2 * 1.5) + 1 = 4 and floor(3 * 1.5) + 1 = 5
+    model = never_ends({A: 0.9, EOS: 0.1})
+    results = greedy(model, sources(2, 3), alpha=alpha, ratio=1.5, offset=1)
+
+    for hypotheses, limit in zip(results, (4, 5)):
+        log_prob = limit * math.log(0.9) + math.log(0.1)
+        assert_hypotheses(hypotheses, [([A] * limit, log_prob, log_prob / length_penalty(limit + 1, alpha))])
+    assert len(model.step_rows) == 6
+
+
+def test_beam_search_forces_eos_at_ratio_times_source_length_plus_offset() -> None:
+    # EOS is too unlikely to enter the beam, so every hypothesis runs to its limit
+    model = never_ends({A: 0.6, B: 0.3999, EOS: 1e-4})
+    results = beam(model, sources(2, 3), beam_size=2, nbest=2, ratio=1.5, offset=1)
+
+    for hypotheses, limit in zip(results, (4, 5)):
+        best, second = hypotheses
+        assert best.tokens == [A] * limit
+        assert best.log_prob == pytest.approx(limit * math.log(0.6) + math.log(1e-4), rel=1e-6)
+        assert sorted(second.tokens) == [A] * (limit - 1) + [B]
+        assert second.log_prob == pytest.approx((limit - 1) * math.log(0.6) + math.log(0.3999 * 1e-4), rel=1e-6)
+    # the shorter sentence leaves the batch after its limit step
+    assert model.step_rows == [4] * 5 + [2]
+
+
+# A short hypothesis, B (0.6), against a long one, A x 9 (0.4): every other step is certain.
+SHORT_OR_LONG = {(): {B: 0.6, A: 0.4}, (B,): {EOS: 1.0}, **{(A,) * n: {A: 1.0} for n in range(1, 9)}}
+SHORT_OR_LONG[(A,) * 9] = {EOS: 1.0}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_length_penalty_decides_between_a_short_and_a_long_hypothesis(alpha: float) -> None:
+    (hypotheses,) = beam(scripted(SHORT_OR_LONG), sources(10), beam_size=2, nbest=2, alpha=alpha)
+
+    short = ([B], math.log(0.6), math.log(0.6) / ((5 + 2) / 6) ** alpha)
+    long = ([A] * 9, math.log(0.4), math.log(0.4) / ((5 + 10) / 6) ** alpha)
+    # alpha 0 ranks by log-prob; alpha 0.5 still favours the short one (-0.4729 vs -0.5795),
+    # alpha 1 the long one (-0.4378 vs -0.3665)
+    assert_hypotheses(hypotheses, [long, short] if alpha == 1.0 else [short, long])
+
+
+def test_greedy_normalizes_its_score_with_the_length_penalty() -> None:
+    (hypotheses,) = greedy(scripted(SHORT_OR_LONG), sources(10), alpha=1.0)
+    assert_hypotheses(hypotheses, [([B], math.log(0.6), math.log(0.6) / (7 / 6))])
+
+
+def hashed_next_tokens(sentence: tuple[int, ...], prefix: tuple[int, ...]) -> dict[int, float]:
+    """A fixed pseudo-random distribution per (sentence, prefix); EOS grows likelier with length."""
+    generator = torch.Generator().manual_seed(zlib.crc32(repr((sentence, prefix)).encode()))
+    logits = 2 * torch.randn(VOCAB, dtype=torch.float64, generator=generator)
+    logits[EOS] += len(prefix) - len(sentence)
+    allowed = [UNK, EOS, A, B]
+    probs = torch.softmax(logits[allowed], dim=0)
+    return dict(zip(allowed, probs.tolist()))
+
+
+@pytest.mark.parametrize(("beam_size", "alpha"), [(1, 0.0), (3, 0.0), (3, 1.0), (4, 0.6)])
+def test_beam_search_gives_each_sentence_the_same_result_batched_or_alone(beam_size: int, alpha: float) -> None:
+    batch = sources(3, 1, 6, 2)
+    batched_model = ScriptedModel(hashed_next_tokens)
+    batched = beam(batched_model, batch, beam_size, nbest=beam_size, alpha=alpha, offset=2)
+
+    # sentences finished at different steps, so the batch shrank more than once
+    rows_per_sentence = [rows // beam_size for rows in batched_model.step_rows]
+    assert len(set(rows_per_sentence)) >= 3
+    assert rows_per_sentence == sorted(rows_per_sentence, reverse=True)
+    for row, hypotheses in enumerate(batched):
+        (alone,) = beam(
+            ScriptedModel(hashed_next_tokens), one_sentence(batch, row), beam_size, beam_size, alpha, offset=2
+        )
+        assert len(hypotheses) == beam_size
+        assert hypotheses == alone
+
+
+def test_greedy_gives_each_sentence_the_same_result_batched_or_alone() -> None:
+    batch = sources(3, 1, 6, 2)
+    batched = greedy(ScriptedModel(hashed_next_tokens), batch, alpha=0.6, offset=2)
+
+    assert len({len(hypotheses[0].tokens) for hypotheses in batched}) >= 2
+    for row, hypotheses in enumerate(batched):
+        (alone,) = greedy(ScriptedModel(hashed_next_tokens), one_sentence(batch, row), alpha=0.6, offset=2)
+        assert hypotheses == alone
+
+
+EXHAUSTIVE_CHOICES = (UNK, A)  # ordinary tokens; PAD and BOS get no probability
+
+
+def random_table(seed: int, steps: int, vocab: int) -> torch.Tensor:
+    """p(next | step, previous token), (steps + 1, vocab, vocab), zero outside UNK, A and EOS."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.full((steps + 1, vocab, vocab), -math.inf, dtype=torch.float64)
+    allowed = [*EXHAUSTIVE_CHOICES, EOS]
+    logits[:, :, allowed] = 2 * torch.randn(steps + 1, vocab, len(allowed), dtype=torch.float64, generator=generator)
+    return torch.softmax(logits, dim=-1)
+
+
+def table_model(table: torch.Tensor) -> ScriptedModel:
+    def next_tokens(sentence: tuple[int, ...], prefix: tuple[int, ...]) -> dict[int, float]:
+        probs = table[len(prefix), prefix[-1] if prefix else BOS]
+        return {token: float(probs[token]) for token in (*EXHAUSTIVE_CHOICES, EOS)}
+
+    return ScriptedModel(next_tokens, vocab_size=table.size(-1))
+
+
+def enumerate_sequences(table: torch.Tensor, max_len: int, alpha: float) -> list[tuple[list[int], float, float]]:
+    """Every sequence of at most max_len choices, then EOS, with its log-prob and score, best first."""
+    results = []
+    for length in range(max_len + 1):
+        for tokens in itertools.product(EXHAUSTIVE_CHOICES, repeat=length):
+            previous = (BOS, *tokens)
+            log_prob = sum(math.log(table[t, previous[t], token]) for t, token in enumerate((*tokens, EOS)))
+            results.append((list(tokens), log_prob, log_prob / length_penalty(length + 1, alpha)))
+    return sorted(results, key=lambda result: result[2], reverse=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_wide_beam_finds_the_best_of_all_sequences(seed: int, alpha: float) -> None:
+    max_len = 3
+    table = random_table(seed, max_len, vocab=5)
+    everything = enumerate_sequences(table, max_len, alpha)
+    assert len(everything) == 1 + 2 + 4 + 8
+
+    # the limit forces EOS after max_len tokens: source length 3, ratio 1, offset 0
+    (hypotheses,) = beam(table_model(table), sources(max_len), beam_size=16, nbest=15, alpha=alpha)
+
+    assert_hypotheses(hypotheses[:1], everything[:1])
+    assert_hypotheses(hypotheses, everything)
+
+
+@pytest.mark.parametrize("nbest", [1, 2, 3])
+def test_nbest_lists_have_the_requested_size_and_are_sorted(nbest: int) -> None:
+    results = beam(ScriptedModel(hashed_next_tokens), sources(3, 5, 2), beam_size=3, nbest=nbest, alpha=0.6, offset=3)
+    full = beam(ScriptedModel(hashed_next_tokens), sources(3, 5, 2), beam_size=3, nbest=3, alpha=0.6, offset=3)
+
+    for hypotheses, all_hypotheses in zip(results, full):
+        assert len(hypotheses) == nbest
+        scores = [h.score for h in all_hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len(set(map(tuple, (h.tokens for h in all_hypotheses)))) == 3
+        assert hypotheses == all_hypotheses[:nbest]
+
+
+def small_seq2seq(seed: int) -> Seq2Seq:
+    torch.manual_seed(seed)
+    model = Seq2Seq(ModelConfig(embed_size=16, hidden_size=24, attention="general", dropout=0.0), 30, 25).eval()
+    with torch.no_grad():
+        # at the default +-0.1 init the outputs hardly depend on the input; larger weights and a
+        # boost to EOS make sentences end at different steps, so the batch shrinks as it would
+        for parameter in model.parameters():
+            parameter.uniform_(-1.0, 1.0)
+        model.output.bias[EOS] += 1.5
+    return model
+
+
+def random_sources(seed: int, lengths: list[int], vocab: int = 30) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        src[row, :length] = torch.randint(EOS + 1, vocab, (length,), generator=generator)
+    return src, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beam_of_one_is_greedy_on_a_real_model(seed: int) -> None:
+    model = small_seq2seq(seed)
+    batch = random_sources(seed, [5, 2, 7, 3, 4, 6, 1, 8])
+
+    by_beam = beam(model, batch, beam_size=1, nbest=1, alpha=0.0, ratio=1.0, offset=2)
+    by_greedy = greedy(model, batch, alpha=0.0, ratio=1.0, offset=2)
+
+    assert [h[0].tokens for h in by_beam] == [h[0].tokens for h in by_greedy]
+    for (beam_hypothesis,), (greedy_hypothesis,) in zip(by_beam, by_greedy):
+        assert beam_hypothesis.log_prob == pytest.approx(greedy_hypothesis.log_prob, abs=1e-5)
+        assert beam_hypothesis.score == pytest.approx(greedy_hypothesis.score, abs=1e-5)
+    lengths = {len(h[0].tokens) for h in by_greedy}
+    assert len(lengths) >= 3, "the check is weak if every sentence stops at the same step"
+
+
+def test_beam_log_probs_are_what_the_model_assigns_to_the_hypotheses() -> None:
+    """Rescoring each hypothesis by teacher forcing, alone, gives its log-prob: states were reordered right."""
+    model = small_seq2seq(2)
+    batch = random_sources(2, [4, 7, 2])
+    results = beam(model, batch, beam_size=4, nbest=4, alpha=0.0, ratio=1.0, offset=2)
+
+    with torch.no_grad():
+        for row, hypotheses in enumerate(results):
+            assert len(hypotheses) == 4
+            for hypothesis in hypotheses:
+                tgt_in = torch.tensor([[BOS, *hypothesis.tokens]])
+                tgt_out = torch.tensor([*hypothesis.tokens, EOS])
+                logits = model(*one_sentence(batch, row), tgt_in)
+                log_prob = torch.log_softmax(logits[0], dim=-1).gather(1, tgt_out.unsqueeze(1)).sum()
+                assert hypothesis.log_prob == pytest.approx(float(log_prob), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_model_and_test_sources(trained_checkpoint: Path) -> tuple[Seq2Seq, Batch]:
+    model, src_pipeline, _, _ = checkpoint.restore(checkpoint.load(trained_checkpoint), trained_checkpoint)
+    data = tiny_config().data
+    lines, _ = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)
+    ids = src_pipeline.encode(lines[:50])
+    src = torch.full((len(ids), max(map(len, ids))), PAD, dtype=torch.long)
+    for row, sentence in enumerate(ids):
+        src[row, : len(sentence)] = torch.tensor(sentence)
+    return model, (src, torch.tensor([len(sentence) for sentence in ids]))
+
+
+def test_beam_search_never_scores_below_greedy_on_a_trained_model(
+    trained_model_and_test_sources: tuple[Seq2Seq, Batch],
+) -> None:
+    model, batch = trained_model_and_test_sources
+    assert model.training is False
+    assert min(batch[1].tolist()) > 0
+
+    by_greedy = greedy(model, batch, alpha=0.0, ratio=2.0, offset=10)
+    by_beam = beam(model, batch, beam_size=5, nbest=5, alpha=0.0, ratio=2.0, offset=10)
+
+    assert len(by_beam) == len(by_greedy) == 50
+    for (greedy_hypothesis,), hypotheses in zip(by_greedy, by_beam):
+        assert len(hypotheses) == 5
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert hypotheses[0].log_prob >= greedy_hypothesis.log_prob - 1e-4
