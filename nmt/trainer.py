@@ -18,7 +18,7 @@ import torch
 
 from nmt import checkpoint, metrics
 from nmt.config import Config, DecodeConfig
-from nmt.data import EncodedCorpus, PreparedData, epoch_batches, make_batch
+from nmt.data import Batch, EncodedCorpus, PreparedData, epoch_batches, make_batch
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.translator import length_batches, search
@@ -120,9 +120,10 @@ class Trainer:
         self.validated_step = self.step
         self.log({"step": self.step, "epoch": self.epoch, **record, "best_score": self.best_score})
 
-    def _train_step(self, indices: np.ndarray) -> tuple[float, float, int]:
+    def train_step(self, batch: Batch) -> tuple[float, float, int]:
+        """One update on a batch -> (summed NLL, gradient norm before clipping, target tokens)."""
         train = self.cfg.train
-        batch = make_batch(self.data.train, indices).to(self.device)
+        batch = batch.to(self.device)
         with autocast(train.precision, self.device):
             logits = self.model(batch.src, batch.src_len, batch.tgt_in)
         out = sequence_loss(logits, batch.tgt_out, train.label_smoothing)
@@ -148,7 +149,7 @@ class Trainer:
         while not (train.max_epochs and self.epoch >= train.max_epochs) and not out_of_budget():
             self.epoch += 1
             for indices in epoch_batches(self.data.train, train.batch_tokens, train.seed, self.epoch):
-                nll, grad_norm, tokens = self._train_step(indices)
+                nll, grad_norm, tokens = self.train_step(make_batch(self.data.train, indices))
                 self.step += 1
                 interval_nll, interval_tokens = interval_nll + nll, interval_tokens + tokens
                 if self.step % train.log_every == 0:

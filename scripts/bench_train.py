@@ -1,0 +1,131 @@
+"""Training throughput benchmark: target tokens/s, achieved GFLOPS and MFU, peak RSS.
+
+    python scripts/bench_train.py --steps 100 --warmup 20 train.precision=bf16
+Trailing arguments are Hydra overrides of conf/train.yaml on top of `experiment=multi30k_ende`
+(the reference architecture on Multi30k from ../shared/data/multi30k, or data.dir=...).
+Prints one JSON object. FLOPs are counted analytically from the architecture (a multiply-add
+is 2 FLOPs, backward is twice forward); the GEMM peaks are measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nmt.config import Config, ModelConfig, register_configs
+from nmt.data import epoch_batches, make_batch, prepare
+from nmt.errors import NmtError
+from nmt.model import Seq2Seq
+from nmt.trainer import Trainer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def gemm_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
+    """Throughput of a large matrix multiply the size of the output layer, in GFLOPS."""
+    a, b = torch.randn(4096, 512, dtype=dtype), torch.randn(512, 8000, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 4096 * 512 * 8000 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def training_flops(cfg: ModelConfig, tgt_vocab: int, src_tokens: int, tgt_tokens: int, src_positions: int) -> float:
+    """Forward + backward FLOPs of a batch; src_positions = sum over target tokens of the padded
+    source length they attend over. Embedding look-ups and element-wise ops are not counted."""
+    e, h, half = cfg.embed_size, cfg.hidden_size, cfg.hidden_size // 2
+    encoder_per_src = 2 * 2 * 4 * half * (e + half) * cfg.encoder_layers  # two directions, 4 gates
+    keys_per_src = 2 * h * h if cfg.attention != "dot" else 0
+    decoder_per_tgt = (
+        2 * 4 * h * (e + 2 * h)  # first layer: [embedding; input feed] and recurrent weights
+        + 2 * 4 * h * 2 * h * (cfg.decoder_layers - 1)
+        + 2 * 2 * h * h  # W_c [context; h]
+        + 2 * h * tgt_vocab  # output layer
+    )
+    attention = 2 * 2 * h * src_positions  # scores and context
+    forward = src_tokens * (encoder_per_src + keys_per_src) + tgt_tokens * decoder_per_tgt + attention
+    return 3.0 * forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
+    args, overrides = parser.parse_known_args()
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg: Config = OmegaConf.to_object(compose("train", ["experiment=multi30k_ende", *overrides]))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    data = prepare(cfg.data)
+    model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
+    trainer = Trainer(model, data, cfg, log=lambda record: None, save=lambda name, state: None)
+    model.to(trainer.device).train()
+    plan = [
+        b for epoch in range(1, 100) for b in epoch_batches(data.train, cfg.train.batch_tokens, cfg.train.seed, epoch)
+    ]
+    counts = dict(src=0, tgt=0, padded=0, real=0, src_positions=0)
+    data_seconds = 0.0
+    for step, indices in enumerate(plan[: args.warmup + args.steps]):
+        if step == args.warmup:
+            start = time.perf_counter()
+            data_seconds = 0.0
+        before = time.perf_counter()
+        batch = make_batch(data.train, indices)
+        data_seconds += time.perf_counter() - before
+        trainer.train_step(batch)
+        if step >= args.warmup:
+            src_tokens, tgt_tokens = int(batch.src_len.sum()), batch.target_tokens
+            counts["src"] += src_tokens
+            counts["tgt"] += tgt_tokens
+            counts["real"] += src_tokens + tgt_tokens
+            counts["padded"] += batch.src.numel() + batch.tgt_out.numel()
+            counts["src_positions"] += tgt_tokens * batch.src.size(1)
+    seconds = time.perf_counter() - start
+    flops = training_flops(
+        cfg.model, data.tgt_pipeline.vocab_size, counts["src"], counts["tgt"], counts["src_positions"]
+    )
+    achieved = flops / seconds / 1e9
+    fp32_peak, bf16_peak = gemm_peak_gflops(torch.float32), gemm_peak_gflops(torch.bfloat16)
+    print(
+        json.dumps(
+            {
+                "tgt_tokens_per_s": counts["tgt"] / seconds,
+                "src_tokens_per_s": counts["src"] / seconds,
+                "padding_fraction": 1 - counts["real"] / counts["padded"],
+                "flops_per_tgt_token": flops / counts["tgt"],
+                "achieved_gflops": achieved,
+                "gemm_peak_gflops_fp32": fp32_peak,
+                "gemm_peak_gflops_bf16": bf16_peak,
+                "mfu_vs_fp32_peak": achieved / fp32_peak,
+                "mfu_vs_bf16_peak": achieved / bf16_peak,
+                "data_wait_fraction": data_seconds / seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "steps": args.steps,
+                "seconds": seconds,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "precision": cfg.train.precision,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "device": str(trainer.device),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except NmtError as error:
+        sys.exit(f"error: {error}")
