@@ -243,7 +243,7 @@ def plan_batches(
 ) -> list[np.ndarray]:
     """Group example indices into batches of at most `batch_tokens` padded tokens.
 
-    Examples are sorted by (source, target) length, ties broken at random, and cut greedily,
+    Examples are sorted by (target, source) length, ties broken at random, and cut greedily,
     so each batch holds examples of near-equal length; the batch order is then shuffled.
     A batch costs rows * max(longest source, longest target + 1), the +1 for BOS/EOS.
     """
@@ -254,7 +254,8 @@ def plan_batches(
             "raise batch_tokens or lower data.max_length"
         )
     order = rng.permutation(len(cost))
-    order = order[np.lexsort((tgt_len[order], src_len[order]))]
+    # target length first: the decoder's time loop is the expensive part, padding there costs most
+    order = order[np.lexsort((src_len[order], tgt_len[order]))]
     batches, start, longest = [], 0, 0
     for position, index in enumerate(order):
         longest_with = max(longest, cost[index])

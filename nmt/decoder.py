@@ -6,10 +6,11 @@
     h~_t = tanh(W_c [c_t ; h_t])                        attentional state, fed to the output layer
     h_0 = tanh(W_h h_enc), c_0 = tanh(W_m c_enc)        bridge from the encoder's final top layer
 
-The first layer's input projection splits as W_ih x_t = W_e E y_{t-1} + W_f h~_{t-1}; the
-embedding half has no recurrence, so it runs for all steps at once before the time loop.
-Its gate equations are torch.nn.LSTMCell's (gate order i, f, g, o); the upper layers are
-nn.LSTMCell itself.
+The first layer's gate pre-activations split as W_ih x_t + W_hh h_{t-1} + b =
+(W_e E y_{t-1} + b) + W_r [h~_{t-1} ; h_{t-1}]: the embedding part has no recurrence, so it runs
+for all steps as one matrix multiply before the time loop, and each step pays one product
+with W_r. Its gate equations are torch.nn.LSTMCell's (gate order i, f, g, o); the upper
+layers are nn.LSTMCell itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention
@@ -55,10 +55,9 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
-        self.cells = nn.ModuleList(
-            nn.LSTMCell(embed_size + hidden_size if layer == 0 else hidden_size, hidden_size)
-            for layer in range(num_layers)
-        )
+        self.embed_gates = nn.Linear(embed_size, 4 * hidden_size)  # W_e, b
+        self.recurrent_gates = nn.Linear(2 * hidden_size, 4 * hidden_size, bias=False)  # W_r for [h~; h]
+        self.upper_cells = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size) for _ in range(num_layers - 1))
         self.attention = Attention(attention, hidden_size, hidden_size)
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.bridge_h = nn.Linear(hidden_size, hidden_size)
@@ -66,7 +65,7 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
-        layers = len(self.cells)
+        layers = 1 + len(self.upper_cells)
         h = torch.tanh(self.bridge_h(encoded.final_h[-1])).float()
         c = torch.tanh(self.bridge_c(encoded.final_c[-1])).float()
         return DecoderState(
@@ -82,19 +81,17 @@ class Decoder(nn.Module):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S)."""
-        first = self.cells[0]
-        embed_size = self.embed.embedding_dim
         embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        embed_gates = F.linear(embedded, first.weight_ih[:, :embed_size], first.bias_ih + first.bias_hh)
-        recurrent_weight = torch.cat([first.weight_ih[:, embed_size:], first.weight_hh], dim=1)  # (4H, 2H)
+        # unbind once: indexing [:, t] per step would make backward zero-fill (B, T, 4H) at every step
+        embed_gates = self.embed_gates(embedded).unbind(1)  # T x (B, 4H)
         h, c, feed = list(state.h.unbind(0)), list(state.c.unbind(0)), state.feed
         outputs, attention = [], []
-        for t in range(tgt_in.size(1)):
-            gates = embed_gates[:, t] + F.linear(torch.cat([feed, h[0]], dim=1), recurrent_weight)
+        for step_gates in embed_gates:
+            gates = step_gates + self.recurrent_gates(torch.cat([feed, h[0]], dim=1))
             h[0], c[0] = lstm_cell(gates, c[0])
             top = h[0]
-            for layer in range(1, len(self.cells)):
-                h[layer], c[layer] = self.cells[layer](self.dropout(top), (h[layer], c[layer]))
+            for layer, cell in enumerate(self.upper_cells, start=1):
+                h[layer], c[layer] = cell(self.dropout(top), (h[layer], c[layer]))
                 top = h[layer]
             context, weights = self.attention(top, keys, memory, mask)
             feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=1))))

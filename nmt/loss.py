@@ -26,6 +26,7 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: f
     target = target.flatten()
     real = target != PAD
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
-    smooth = -log_probs.mean(dim=1)
+    # sum, then scale the (N,) result: mean's backward would divide the whole (N, V) gradient
+    smooth = -log_probs.sum(dim=1) / log_probs.size(1)
     per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
     return LossOutput(per_token[real].sum(), nll[real].sum(), int(real.sum()))

@@ -77,7 +77,7 @@ class Trainer:
         self.model, self.data, self.cfg = model, data, cfg
         self.log, self.save = log, save
         self.device = torch.device(cfg.train.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
         self.step = 0
         self.epoch = 0
         self.best_score = -math.inf

@@ -49,10 +49,10 @@ def test_plan_covers_every_example_once_within_budget(seed, batch_tokens):
     assert max(batch_cost(src_len, tgt_len, batch) for batch in batches) <= batch_tokens
 
 
-def test_plan_groups_examples_of_similar_source_length_in_shuffled_order():
+def test_plan_groups_examples_of_similar_target_length_in_shuffled_order():
     src_len, tgt_len = random_lengths(3)
     batches = plan_batches(src_len, tgt_len, 400, np.random.default_rng(3))
-    spans_in_order = [(src_len[b].min(), src_len[b].max()) for b in batches]
+    spans_in_order = [(tgt_len[b].min(), tgt_len[b].max()) for b in batches]
     spans = sorted(spans_in_order)
     assert spans_in_order != spans
     for (_, longest), (shortest, _) in zip(spans, spans[1:]):

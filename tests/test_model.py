@@ -135,21 +135,28 @@ def test_step_agrees_with_teacher_forced_forward() -> None:
             torch.testing.assert_close(log_probs, expected[:, t], atol=1e-5, rtol=0)
 
 
-def test_first_decoder_layer_matches_torch_lstm_cell() -> None:
-    model = make_model(embed_size=12, hidden_size=16)
-    first = model.decoder.cells[0]
-    embed_size = model.decoder.embed.embedding_dim
-    generator = torch.Generator().manual_seed(5)
-    embedded = torch.randn(4, embed_size, generator=generator)
-    feed, h, c = (torch.randn(4, 16, generator=generator) for _ in range(3))
-
-    # the split computation of Decoder.forward: embedding gates apart, then [feed; h] recurrent gates
-    embed_gates = F.linear(embedded, first.weight_ih[:, :embed_size], first.bias_ih + first.bias_hh)
-    recurrent_weight = torch.cat([first.weight_ih[:, embed_size:], first.weight_hh], dim=1)
-    gates = embed_gates + F.linear(torch.cat([feed, h], dim=1), recurrent_weight)
+def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
+    """The decoder's layers as torch LSTMCells: the first one rebuilt from its split weights."""
+    hidden = decoder.recurrent_gates.weight.size(0) // 4
+    first = torch.nn.LSTMCell(decoder.embed.embedding_dim + hidden, hidden)
+    recurrent = decoder.recurrent_gates.weight  # columns: [feed ; h]
     with torch.no_grad():
+        first.weight_ih.copy_(torch.cat([decoder.embed_gates.weight, recurrent[:, :hidden]], dim=1))
+        first.weight_hh.copy_(recurrent[:, hidden:])
+        first.bias_ih.copy_(decoder.embed_gates.bias)
+        first.bias_hh.zero_()
+    return [first, *decoder.upper_cells]
+
+
+def test_first_decoder_layer_matches_torch_lstm_cell() -> None:
+    decoder = make_model(embed_size=12, hidden_size=16).decoder
+    generator = torch.Generator().manual_seed(5)
+    embedded = torch.randn(4, 12, generator=generator)
+    feed, h, c = (torch.randn(4, 16, generator=generator) for _ in range(3))
+    with torch.no_grad():
+        gates = decoder.embed_gates(embedded) + decoder.recurrent_gates(torch.cat([feed, h], dim=1))
         split_h, split_c = lstm_cell(gates, c)
-        cell_h, cell_c = first(torch.cat([embedded, feed], dim=1), (h, c))
+        cell_h, cell_c = as_lstm_cells(decoder)[0](torch.cat([embedded, feed], dim=1), (h, c))
 
     torch.testing.assert_close(split_h, cell_h, atol=1e-6, rtol=0)
     torch.testing.assert_close(split_c, cell_c, atol=1e-6, rtol=0)
@@ -160,6 +167,7 @@ def test_decoder_forward_matches_a_loop_of_lstm_cells() -> None:
     for layers in (1, 2):
         model = make_model(decoder_layers=layers, attention="general")
         decoder = model.decoder
+        cells = as_lstm_cells(decoder)
         generator = torch.Generator().manual_seed(6)
         src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (5, 2)])
         tgt_in = target_input([random_ids(generator, 3, TGT_VOCAB) for _ in range(2)])
@@ -169,7 +177,7 @@ def test_decoder_forward_matches_a_loop_of_lstm_cells() -> None:
             h, c, feed = list(state.h), list(state.c), state.feed
             for t in range(tgt_in.size(1)):
                 layer_input = torch.cat([decoder.embed(tgt_in[:, t]), feed], dim=1)
-                for layer, cell in enumerate(decoder.cells):
+                for layer, cell in enumerate(cells):
                     h[layer], c[layer] = cell(layer_input, (h[layer], c[layer]))
                     layer_input = h[layer]
                 context, _ = decoder.attention(h[-1], source.keys, source.memory, source.mask)
