@@ -86,9 +86,8 @@ def load(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeline, TextPipeline, ModelConfig]:
-    """The model (in eval mode, on CPU) and text pipelines a checkpoint describes."""
-    model_cfg = ModelConfig(**checkpoint["model_config"])
+def pipelines(checkpoint: dict[str, Any]) -> tuple[TextPipeline, TextPipeline]:
+    """The source and target text pipelines (Moses, BPE, vocabulary) a checkpoint carries."""
     data_cfg = DataConfig(**checkpoint["data_config"])
     src = TextPipeline(
         data_cfg.src_lang, Tokenizer.from_str(checkpoint["src_bpe"]), Vocabulary(checkpoint["src_vocab"])
@@ -96,6 +95,13 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
     tgt = TextPipeline(
         data_cfg.tgt_lang, Tokenizer.from_str(checkpoint["tgt_bpe"]), Vocabulary(checkpoint["tgt_vocab"])
     )
+    return src, tgt
+
+
+def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeline, TextPipeline, ModelConfig]:
+    """The model (in eval mode, on CPU) and text pipelines a checkpoint describes."""
+    model_cfg = ModelConfig(**checkpoint["model_config"])
+    src, tgt = pipelines(checkpoint)
     model = Seq2Seq(model_cfg, src.vocab_size, tgt.vocab_size)
     try:
         model.load_state_dict(checkpoint["model"])

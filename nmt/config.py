@@ -17,7 +17,9 @@ from nmt.errors import NmtError
 
 ATTENTION_TYPES = ("dot", "general", "additive")
 CORPUS_KINDS = ("synthetic", "files", "hub")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
+VALID_METRICS = ("bleu", "loss")
 
 
 def _require(condition: bool, key: str, allowed: str) -> None:
@@ -89,21 +91,44 @@ class TrainConfig:
 
     seed: int = 1
     batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
+    accumulate: int = 1  # batches per update (gradient accumulation)
     lr: float = 1e-3
+    schedule: str = "constant"  # constant | plateau | inverse_sqrt | exponential
+    warmup_steps: int = 0  # linear warm-up (inverse_sqrt, exponential)
+    decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
+    decay_every: int = 10000
+    plateau_factor: float = 0.5  # plateau: lr *= factor after plateau_patience validations without improvement
+    plateau_patience: int = 2
     clip_norm: float = 1.0  # 0 disables gradient-norm clipping
     label_smoothing: float = 0.1
     max_epochs: int = 10  # 0 = no limit
-    max_steps: int = 0  # 0 = no limit
-    max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = no limit
+    max_steps: int = 0  # updates; 0 = no limit
+    max_minutes: float = 0.0  # wall-clock budget for the training loop, summed over resumes; 0 = no limit
     log_every: int = 100  # steps
     valid_every: int = 0  # steps; 0 = at the end of each epoch
-    valid_bleu: bool = True  # greedy-decode the validation set and score BLEU (else select by loss)
-    precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
+    valid_metric: str = "bleu"  # bleu (greedy-decoded validation set) | loss: selects best.pt, drives patience
+    patience: int = 0  # early stopping after this many validations without improvement; 0 = off
+    save_every: int = 0  # steps between last.pt writes (also at each validation and at the end); 0 = those only
+    keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
+    resume: str = "auto"  # auto (continue the run in the output dir if any) | none | PATH of a last.pt
+    max_nonfinite: int = 5  # abort after this many updates in a row with a non-finite loss or gradient
+    precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
+        _require(self.accumulate >= 1, "train.accumulate", ">= 1")
+        _require(self.schedule in SCHEDULES, "train.schedule", f"one of {SCHEDULES}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", ">= 0")
+        _require(0 < self.decay_rate <= 1, "train.decay_rate", "in (0, 1]")
+        _require(self.decay_every >= 1, "train.decay_every", ">= 1")
+        _require(0 < self.plateau_factor < 1, "train.plateau_factor", "in (0, 1)")
+        _require(self.valid_metric in VALID_METRICS, "train.valid_metric", f"one of {VALID_METRICS}")
+        _require(self.patience >= 0, "train.patience", ">= 0")
+        _require(self.save_every >= 0, "train.save_every", ">= 0")
+        _require(self.keep_last >= 0, "train.keep_last", ">= 0")
+        _require(self.max_nonfinite >= 1, "train.max_nonfinite", ">= 1")
         _require(self.lr > 0, "train.lr", "> 0")
         _require(self.clip_norm >= 0, "train.clip_norm", ">= 0")
         _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)")

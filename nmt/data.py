@@ -179,12 +179,12 @@ class PreparedData:
     train_report: FilterReport
 
 
-def prepare(cfg: DataConfig) -> PreparedData:
-    """Read train and val, learn BPE on train, encode both, filter train."""
+def prepare(cfg: DataConfig, pipelines: tuple[TextPipeline, TextPipeline] | None = None) -> PreparedData:
+    """Read train and val, learn BPE on train (unless `pipelines` are given), encode both, filter train."""
     src_moses, tgt_moses = MosesText(cfg.src_lang), MosesText(cfg.tgt_lang)
     train_tokens = tokenize(load_split(cfg, "train"), src_moses, tgt_moses)
     val_tokens = tokenize(load_split(cfg, "val"), src_moses, tgt_moses)
-    src_pipeline, tgt_pipeline = build_pipelines(
+    src_pipeline, tgt_pipeline = pipelines or build_pipelines(
         cfg.src_lang,
         cfg.tgt_lang,
         train_tokens["src_tokens"],

@@ -5,22 +5,28 @@ python -m nmt.train data=multi30k model=bench train.max_epochs=10 hydra.run.dir=
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import random
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nmt import checkpoint
-from nmt.config import Config, register_configs
+from nmt.config import Config, ModelConfig, register_configs
 from nmt.data import prepare
-from nmt.errors import exit_on_user_error
+from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
 from nmt.trainer import Trainer
 
@@ -33,56 +39,111 @@ def _format(record: dict[str, Any]) -> str:
     )
 
 
+def resume_path(setting: str, out_dir: Path) -> Path | None:
+    if setting == "none":
+        return None
+    if setting == "auto":
+        last = out_dir / "checkpoints" / "last.pt"
+        return last if last.exists() else None
+    return Path(setting)
+
+
+def start_distributed(cfg: Config) -> Config:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); one device per rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return cfg
+    cuda = cfg.train.device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not cuda:
+        return cfg
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    torch.cuda.set_device(device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT or SIGTERM: finish the update, save last.pt, return. A second SIGINT stops at once."""
+
+    def request_stop(signum: int, frame: object) -> None:
+        log.warning("%s: saving checkpoints/last.pt and stopping (again to quit now)", signal.Signals(signum).name)
+        trainer.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(cfg: Config, out_dir: Path) -> float:
-    """Train with `cfg`, writing `checkpoints/{best,last}.pt` and `metrics.jsonl` under out_dir.
+    """Train with `cfg`, writing `checkpoints/{best,last}.pt` and `metrics.jsonl` under out_dir;
+    continue the run there if `train.resume=auto` finds one.
 
     Returns the best validation score (BLEU, or minus the loss), so Hydra sweeps can use it.
     """
+    cfg = start_distributed(cfg)
+    lead = not dist.is_initialized() or dist.get_rank() == 0
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = prepare(cfg.data)
+    resume = resume_path(cfg.train.resume, out_dir)
+    state = checkpoint.load(resume) if resume else None
+    if state and ModelConfig(**state["model_config"]) != cfg.model:
+        raise NmtError(
+            f"{resume}: trained with model config {state['model_config']}; resume with the same model "
+            "settings, or start afresh with train.resume=none or another hydra.run.dir"
+        )
+    data = prepare(cfg.data, checkpoint.pipelines(state) if state else None)
     report = data.train_report
     log.info(
         "training pairs: %d kept; dropped %d with an empty side, %d over %d subwords, %d over length ratio %g",
-        report.kept,
-        report.empty,
-        report.too_long,
-        cfg.data.max_length,
-        report.bad_ratio,
-        cfg.data.max_length_ratio,
-    )
+        report.kept, report.empty, report.too_long, cfg.data.max_length, report.bad_ratio, cfg.data.max_length_ratio,
+    )  # fmt: skip
     model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
     log.info(
         "vocabulary: %d source, %d target; parameters: %d; validation pairs: %d",
-        data.src_pipeline.vocab_size,
-        data.tgt_pipeline.vocab_size,
-        sum(p.numel() for p in model.parameters()),
-        len(data.val),
-    )
+        data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size,
+        sum(p.numel() for p in model.parameters()), len(data.val),
+    )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
 
     def log_record(record: dict[str, Any]) -> None:
-        log.info(_format(record))
-        with metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        if lead:
+            log.info(_format(record))
+            with metrics_path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
 
     def save(name: str, state: dict[str, Any]) -> None:
-        checkpoint.save(out_dir / "checkpoints" / name, state)
+        if not lead:
+            return
+        folder = out_dir / "checkpoints"
+        checkpoint.save(folder / name, state)
+        if name == "last.pt" and cfg.train.keep_last:
+            checkpoint.save(folder / f"step-{state['step']}.pt", state)
+            kept = sorted(folder.glob("step-*.pt"), key=lambda path: int(path.stem.removeprefix("step-")))
+            for old in kept[: -cfg.train.keep_last]:
+                old.unlink()
 
-    result = Trainer(model, data, cfg, log_record, save).fit()
+    trainer = Trainer(model, data, cfg, log_record, save)
+    if state:
+        trainer.load_state_dict(state)
+        log.info("resumed from %s at step %d (epoch %d)", resume, trainer.progress.step, trainer.progress.epoch)
+    with stop_on_signals(trainer):
+        progress = trainer.fit()
     log.info(
-        "done: %d steps, %d epochs, %.1f minutes; best validation score %.2f; checkpoint %s",
-        result.steps,
-        result.epochs,
-        result.minutes,
-        result.best_score,
-        out_dir / "checkpoints" / "best.pt",
-    )
-    return result.best_score
+        "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
+        "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
+        trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
+    )  # fmt: skip
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return progress.best_score
 
 
 register_configs()

@@ -1,13 +1,21 @@
-"""The training loop: Adam on label-smoothed cross-entropy, validation, best/last checkpoints.
+"""The training loop: Adam on label-smoothed cross-entropy, validation, checkpoints, resume.
 
-The trainer reports through two callbacks given by the entry point, `log(record)` for
-metrics and `save(name, checkpoint)` for checkpoints, so it never touches files itself.
+Everything a resumed run needs to continue as if never stopped is in `Trainer.state_dict()`:
+weights, optimizer, schedule, grad scaler, RNG states and `Progress` (step, epoch, position in
+the epoch's batch plan, best score, patience). The batch plan of an epoch is a pure function of
+(seed, epoch), so the position is just a count of batches done.
+Under torch.distributed each rank trains on its own share of every update's batches; the loss
+is normalized by the target tokens of the whole update, so N ranks equal one process with
+N-fold accumulation. The trainer reports through `log(record)` and `save(name, state)`
+callbacks from the entry point and never touches files itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,26 +23,34 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from nmt import checkpoint, metrics
 from nmt.config import Config, DecodeConfig
 from nmt.data import Batch, EncodedCorpus, PreparedData, epoch_batches, make_batch
+from nmt.errors import NmtError
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
+from nmt.schedule import make_scheduler
 from nmt.translator import length_batches, search
 
 
 @dataclass
-class TrainResult:
-    best_score: float  # validation BLEU, or minus validation loss when BLEU is off
-    steps: int
-    epochs: int
-    minutes: float
+class Progress:
+    step: int = 0  # updates done
+    epoch: int = 1  # the epoch in progress
+    batches_done: int = 0  # batches of this epoch's plan already trained on, by all ranks
+    minutes: float = 0.0  # training time so far, over all resumes
+    best_score: float = -math.inf  # validation BLEU, or minus the loss
+    validations_without_improvement: int = 0
+    validated_step: int = -1
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 
@@ -65,6 +81,20 @@ def greedy_translations(
     return out
 
 
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class Trainer:
     def __init__(
         self,
@@ -74,105 +104,170 @@ class Trainer:
         log: Callable[[dict[str, Any]], None],
         save: Callable[[str, dict[str, Any]], None],
     ) -> None:
-        self.model, self.data, self.cfg = model, data, cfg
+        self.module, self.data, self.cfg = model, data, cfg
         self.log, self.save = log, save
         self.device = torch.device(cfg.train.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
-        self.step = 0
-        self.epoch = 0
-        self.best_score = -math.inf
-        self.validated_step = -1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        model.to(self.device)
+        self.model = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=fused)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.progress = Progress()
+        self.stop_requested = False  # set from a signal handler: save and return after this update
+        self._started, self._minutes_before = time.monotonic(), 0.0
+
+    def elapsed_minutes(self) -> float:
+        return self._minutes_before + (time.monotonic() - self._started) / 60
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": dataclasses.asdict(dataclasses.replace(self.progress, minutes=self.elapsed_minutes())),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    def _checkpoint(self, **extra: Any) -> dict[str, Any]:
+        data = self.data
+        return checkpoint.make(
+            self.module, self.cfg.model, self.cfg.data, data.src_pipeline, data.tgt_pipeline,
+            step=self.progress.step, **extra,
+        )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
         self.model.eval()
         train = self.cfg.train
-        loss = validation_loss(self.model, self.data.val, train.batch_tokens, train.precision)
+        loss = validation_loss(self.module, self.data.val, train.batch_tokens, train.precision)
         record = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 100.0))}
-        if train.valid_bleu:
+        if train.valid_metric == "bleu":
             with autocast(train.precision, self.device):
                 hypotheses = greedy_translations(
-                    self.model, self.data.val, self.data.tgt_pipeline.decode, train.batch_tokens
+                    self.module, self.data.val, self.data.tgt_pipeline.decode, train.batch_tokens
                 )
             record["valid_bleu"], _ = metrics.bleu(hypotheses, self.data.val.tgt_text)
         self.model.train()
         return record
 
-    def _checkpoint(self, **extra: Any) -> dict[str, Any]:
-        return checkpoint.make(
-            self.model,
-            self.cfg.model,
-            self.cfg.data,
-            self.data.src_pipeline,
-            self.data.tgt_pipeline,
-            step=self.step,
-            epoch=self.epoch,
-            best_score=self.best_score,
-            **extra,
-        )
-
     def _validate_and_save(self) -> None:
+        """Every rank validates (same weights, same result), so all agree on patience and LR."""
+        progress = self.progress
         record = self.validate()
-        score = record.get("valid_bleu", -record["valid_loss"])
-        if score > self.best_score:
-            self.best_score = score
+        score = record["valid_bleu"] if self.cfg.train.valid_metric == "bleu" else -record["valid_loss"]
+        if score > progress.best_score:
+            progress.best_score, progress.validations_without_improvement = score, 0
             self.save("best.pt", self._checkpoint(valid=record))
-        self.save("last.pt", self._checkpoint(valid=record, optimizer=self.optimizer.state_dict()))
-        self.validated_step = self.step
-        self.log({"step": self.step, "epoch": self.epoch, **record, "best_score": self.best_score})
+        else:
+            progress.validations_without_improvement += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(score)
+        progress.validated_step = progress.step
+        self.save("last.pt", self._checkpoint(valid=record, **self.state_dict()))
+        self.log({"step": progress.step, "epoch": progress.epoch, **record, "best_score": progress.best_score})
 
-    def train_step(self, batch: Batch) -> tuple[float, float, int]:
-        """One update on a batch -> (summed NLL, gradient norm before clipping, target tokens)."""
+    def update(self, batches: list[Batch]) -> tuple[float, float, int]:
+        """One optimizer update over this rank's batches -> (summed NLL, gradient norm, target tokens)."""
         train = self.cfg.train
-        batch = batch.to(self.device)
-        with autocast(train.precision, self.device):
-            logits = self.model(batch.src, batch.src_len, batch.tgt_in)
-        out = sequence_loss(logits, batch.tgt_out, train.label_smoothing)
-        (out.loss / out.tokens).backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_norm or math.inf))
-        self.optimizer.step()
+        tokens = torch.tensor(float(sum(batch.target_tokens for batch in batches)), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(tokens)
+        nll = torch.zeros((), device=self.device)
+        for index, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            last = index == len(batches) - 1
+            # DDP averages gradients over ranks; scaling by world / tokens makes that a sum over the update
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
+            with sync:
+                with autocast(train.precision, self.device):
+                    logits = self.model(batch.src, batch.src_len, batch.tgt_in)
+                out = sequence_loss(logits, batch.tgt_out, train.label_smoothing)
+                self.scaler.scale(out.loss * (self.world / tokens)).backward()
+            nll += out.nll.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), train.clip_norm or math.inf))
+        if not self.scaler.is_enabled() and not (math.isfinite(grad_norm) and torch.isfinite(nll)):
+            self._skip_nonfinite_update()
+        else:
+            self.progress.nonfinite_in_a_row = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(out.nll.detach()), grad_norm, out.tokens
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        return float(nll), grad_norm, int(sum(batch.target_tokens for batch in batches))
 
-    def fit(self) -> TrainResult:
-        """Train until max_epochs, max_steps or max_minutes; validate each epoch or every valid_every steps."""
-        train = self.cfg.train
-        torch.manual_seed(train.seed)
-        self.model.to(self.device).train()
-        start = time.monotonic()
-        interval_start, interval_nll, interval_tokens = start, 0.0, 0
-
-        def out_of_budget() -> bool:
-            return bool(train.max_steps and self.step >= train.max_steps) or bool(
-                train.max_minutes and time.monotonic() - start >= 60 * train.max_minutes
+    def _skip_nonfinite_update(self) -> None:
+        progress = self.progress
+        progress.nonfinite_in_a_row += 1
+        progress.nonfinite_total += 1
+        if progress.nonfinite_in_a_row >= self.cfg.train.max_nonfinite:
+            raise NmtError(
+                f"training diverged: {progress.nonfinite_in_a_row} updates in a row had a non-finite loss or "
+                f"gradient (step {progress.step}); lower train.lr, use train.precision=fp32, or resume "
+                "from checkpoints/last.pt with different settings"
             )
 
-        while not (train.max_epochs and self.epoch >= train.max_epochs) and not out_of_budget():
-            self.epoch += 1
-            for indices in epoch_batches(self.data.train, train.batch_tokens, train.seed, self.epoch):
-                nll, grad_norm, tokens = self.train_step(make_batch(self.data.train, indices))
-                self.step += 1
-                interval_nll, interval_tokens = interval_nll + nll, interval_tokens + tokens
-                if self.step % train.log_every == 0:
+    def _finished(self) -> bool:
+        train, progress = self.cfg.train, self.progress
+        return (
+            self.stop_requested
+            or bool(train.max_epochs and progress.epoch > train.max_epochs)
+            or bool(train.max_steps and progress.step >= train.max_steps)
+            or bool(train.max_minutes and self.elapsed_minutes() >= train.max_minutes)
+            or bool(train.patience and progress.validations_without_improvement >= train.patience)
+        )
+
+    def fit(self) -> Progress:
+        """Train until a limit, early stopping or a stop request; return the final progress."""
+        train, progress = self.cfg.train, self.progress
+        self.model.train()
+        self._started, self._minutes_before = time.monotonic(), progress.minutes
+        window_start, window_nll, window_tokens = self._started, 0.0, 0
+        per_update = train.accumulate * self.world
+        while not self._finished():
+            plan = epoch_batches(self.data.train, train.batch_tokens, train.seed, progress.epoch)
+            usable = len(plan) - len(plan) % per_update  # every rank makes the same number of updates
+            while progress.batches_done < usable and not self._finished():
+                group = plan[progress.batches_done : progress.batches_done + per_update]
+                mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
+                nll, grad_norm, tokens = self.update(mine)
+                progress.batches_done += per_update
+                progress.step += 1
+                window_nll, window_tokens = window_nll + nll, window_tokens + tokens
+                if progress.step % train.log_every == 0:
                     now = time.monotonic()
-                    loss = interval_nll / interval_tokens
-                    self.log(
-                        {
-                            "step": self.step,
-                            "epoch": self.epoch,
-                            "loss": loss,
-                            "ppl": math.exp(min(loss, 100.0)),
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "grad_norm": grad_norm,
-                            "tgt_tokens_per_s": interval_tokens / (now - interval_start),
-                        }
-                    )
-                    interval_start, interval_nll, interval_tokens = now, 0.0, 0
-                if train.valid_every and self.step % train.valid_every == 0:
+                    self.log({
+                        "step": progress.step, "epoch": progress.epoch,
+                        "loss": window_nll / window_tokens, "ppl": math.exp(min(window_nll / window_tokens, 100.0)),
+                        "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                        "tgt_tokens_per_s": window_tokens * self.world / (now - window_start),
+                        "nonfinite_skipped": progress.nonfinite_total,
+                    })  # fmt: skip
+                    window_start, window_nll, window_tokens = now, 0.0, 0
+                if train.valid_every and progress.step % train.valid_every == 0:
                     self._validate_and_save()
-                if out_of_budget():
-                    break
-            if not train.valid_every:
-                self._validate_and_save()
-        if self.validated_step != self.step:
+                elif train.save_every and progress.step % train.save_every == 0:
+                    self._save_last()
+            if progress.batches_done >= usable:
+                if not train.valid_every:
+                    self._validate_and_save()
+                progress.epoch += 1
+                progress.batches_done = 0
+        if not self.stop_requested and progress.validated_step != progress.step:
             self._validate_and_save()
-        return TrainResult(self.best_score, self.step, self.epoch, (time.monotonic() - start) / 60)
+        self._save_last()
+        return progress
+
+    def _save_last(self) -> None:
+        self.save("last.pt", self._checkpoint(**self.state_dict()))

@@ -122,7 +122,7 @@ def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
         (["decode.beam_size=4", "decode.nbest=5"], "decode.nbest"),
         (["train.lr=-1"], "train.lr"),
         (["train.max_epochs=0", "train.max_minutes=0"], "train.max_epochs, train.max_steps or train.max_minutes"),
-        (["train.precision=fp16"], "train.precision"),
+        (["train.precision=fp8"], "train.precision"),
         (["data.corpus=bogus"], "data.corpus"),
         (["data.tgt_lang=src"], "data.tgt_lang"),
         (["data.bpe_vocab_size=4"], "data.bpe_vocab_size"),

@@ -1,0 +1,199 @@
+"""Training that never loses work: exact resume, signals, atomic saves, stopping, accumulation, DDP."""
+
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from nmt import checkpoint
+from nmt.average import average
+from nmt.data import collate, epoch_batches, prepare
+from nmt.errors import NmtError
+from nmt.model import Seq2Seq
+from nmt.schedule import exponential, inverse_sqrt
+from nmt.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.synthetic_train_pairs=1500", "data.bpe_vocab_size=300", "model.embed_size=32", "model.hidden_size=64",
+    "train.batch_tokens=600", "train.max_epochs=0", "train.max_minutes=0", "train.valid_metric=loss",
+    "train.log_every=5",
+]  # fmt: skip
+
+
+def train_cli(run_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*launcher, "nmt.train", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen) -> str:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    return stdout + stderr
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def wait_for_step(path: Path, minimum: int, process: subprocess.Popen) -> int:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            step = torch.load(path, weights_only=True)["step"]
+        except Exception:  # not written yet, or being replaced right now
+            step = -1
+        if step >= minimum:
+            return step
+        time.sleep(0.05)
+    raise TimeoutError(path)
+
+
+def test_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
+    steps = ["train.max_steps=24", "train.save_every=2"]
+    finish(train_cli(tmp_path / "straight", *steps))
+    interrupted = train_cli(tmp_path / "resumed", *steps)
+    killed_at = wait_for_step(tmp_path / "resumed" / "checkpoints" / "last.pt", 8, interrupted)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert killed_at < 24
+    log = finish(train_cli(tmp_path / "resumed", *steps))
+    assert "resumed from" in log
+    straight = weights(tmp_path / "straight" / "checkpoints" / "last.pt")
+    resumed = weights(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = train_cli(tmp_path, "train.max_steps=100000", "train.save_every=3")
+    wait_for_step(tmp_path / "checkpoints" / "last.pt", 3, process)
+    process.send_signal(signal.SIGTERM)
+    log = finish(process)
+    assert "stopped" in log
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["progress"]["step"] == state["step"] >= 3
+
+
+def test_checkpoint_survives_a_kill_during_writing(tmp_path):
+    target = tmp_path / "last.pt"
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import torch
+        from pathlib import Path
+        from nmt.checkpoint import save
+        big = torch.randn(4_000_000)
+        for i in range(10**6):
+            save(Path({str(target)!r}), {{"step": i, "weights": big}})
+    """)], cwd=REPO)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.37)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert torch.load(target, weights_only=True)["weights"].numel() == 4_000_000
+
+
+def tiny_trainer(tmp_path, **train):
+    cfg = tiny_config(**{"valid_metric": "loss", **train})
+    data = prepare(cfg.data)
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
+    records, saved = [], {}
+    trainer = Trainer(model, data, cfg, records.append, lambda name, state: saved.__setitem__(name, state))
+    return trainer, records, saved
+
+
+def validation_losses(trainer, losses):
+    remaining = iter(losses)
+    trainer.validate = lambda: {"valid_loss": next(remaining), "valid_ppl": 1.0}
+
+
+def test_early_stopping_after_patience_validations_without_improvement(tmp_path):
+    trainer, records, saved = tiny_trainer(tmp_path, max_steps=1000, valid_every=2, patience=2)
+    validation_losses(trainer, [3.0, 2.0, 2.5, 2.0, 1.0])
+    progress = trainer.fit()
+    assert [r["valid_loss"] for r in records if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
+    assert progress.step == 8 and progress.best_score == -2.0
+    assert saved["best.pt"]["step"] == 4 and saved["last.pt"]["step"] == 8
+
+
+def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
+    trainer, _, _ = tiny_trainer(tmp_path, lr=1e-2)
+    trainer.module.decoder.dropout.p = trainer.module.encoder.dropout.p = 0.0
+    corpus = trainer.data.train
+    first, second = epoch_batches(corpus, 600, seed=1, epoch=1)[:2]
+
+    def batch(indices):
+        return collate([corpus.src_ids[i] for i in indices], [corpus.tgt_ids[i] for i in indices])
+
+    start = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    trainer.update([batch(first), batch(second)])
+    accumulated = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    reference, _, _ = tiny_trainer(tmp_path, lr=1e-2)
+    reference.module.load_state_dict(start)
+    reference.module.decoder.dropout.p = reference.module.encoder.dropout.p = 0.0
+    reference.update([batch([*first, *second])])
+    for name, tensor in reference.module.state_dict().items():
+        torch.testing.assert_close(accumulated[name], tensor, atol=1e-5, rtol=1e-4)
+
+
+def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
+    trainer, _, _ = tiny_trainer(tmp_path, max_nonfinite=3)
+    corpus = trainer.data.train
+    batch = collate([corpus.src_ids[0]], [corpus.tgt_ids[0]])
+    before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    with torch.no_grad():
+        trainer.module.output.bias.fill_(math.nan)
+        before["output.bias"].fill_(math.nan)
+    for _ in range(2):
+        trainer.update([batch])
+    after = trainer.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "output.bias")
+    assert trainer.progress.nonfinite_total == 2
+    with pytest.raises(NmtError, match="3 updates in a row"):
+        trainer.update([batch])
+
+
+def test_schedules():
+    assert [inverse_sqrt(s, 4) for s in (1, 2, 4, 16)] == [0.25, 0.5, 1.0, 0.5]
+    assert exponential(1, 0, 0.5, 10) == 0.5**0.1
+    assert exponential(30, 10, 0.5, 10) == 0.25 and exponential(5, 10, 0.5, 10) == 0.5
+
+
+def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
+    trainer, records, _ = tiny_trainer(
+        tmp_path, lr=0.01, max_steps=6, valid_every=2, schedule="plateau", plateau_patience=0, plateau_factor=0.5
+    )
+    validation_losses(trainer, [2.0, 1.0, 1.5])
+    trainer.fit()
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.005
+
+
+def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
+    state = checkpoint.load(trained_checkpoint)
+    averaged = average([state, state], [trained_checkpoint, trained_checkpoint])
+    assert all(torch.equal(averaged["model"][k], state["model"][k]) for k in state["model"])
+    checkpoint.restore(averaged, trained_checkpoint)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_gloo_ranks_equal_one_process_accumulating_two(tmp_path):
+    common = ["train.max_steps=3", "model.dropout=0", "train.seed=3"]
+    ddp = train_cli(tmp_path / "ddp", *common, launcher=("torchrun", "--nproc_per_node=2", "--master_port=29533", "-m"))
+    finish(ddp)
+    finish(train_cli(tmp_path / "single", *common, "train.accumulate=2"))
+    single = weights(tmp_path / "single" / "checkpoints" / "last.pt")
+    distributed = weights(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    for name in single:
+        torch.testing.assert_close(distributed[name], single[name], atol=1e-5, rtol=0)
