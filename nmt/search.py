@@ -1,30 +1,68 @@
-"""Greedy and beam search over batched tensors.
+"""Greedy search, sampling and beam search over batched tensors.
 
-Both take any model with `encode(src, src_len) -> (source, state)` and
+All take any model with `encode(src, src_len) -> (source, state)` and
 `step(prev_tokens, state, source) -> (log_probs, state, attention)`, where `source` and
-`state` reorder with `index_select`. Hypotheses are ranked by the GNMT length-normalized
-score log p(y | x) / lp(|y|), lp(n) = ((5 + n) / 6) ** alpha, with |y| counting EOS.
-A hypothesis may hold at most `ratio * source length + offset` tokens before EOS is forced.
+`state` reorder with `index_select`. Hypotheses are ranked by the GNMT score
+
+    s(y | x) = log p(y | x) / lp(|y|) + cp(x, y)
+    lp(n) = ((5 + n) / 6) ** alpha                      length penalty, |y| counting EOS
+    cp(x, y) = beta * sum_i log min(sum_t a_t(i), 1)    coverage penalty over source positions i
+
+A hypothesis holds at least `min_length` tokens before EOS is allowed and at most
+`ratio * source length + offset` before EOS is forced; with `no_repeat_ngram` N > 0 no
+n-gram of N tokens occurs twice in it. Sentences leave the batch as soon as they are done,
+so later steps only pay for the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from nmt.vocab import BOS, EOS
 
+# Attention can underflow to exactly 0 on a source position; log 0 would make one ignored
+# word outweigh everything else, so coverage is floored here (log = -23).
+MIN_COVERAGE = 1e-10
+
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
-    score: float  # length-normalized, what hypotheses are ranked by
+    score: float  # length-normalized (plus coverage penalty), what hypotheses are ranked by
     log_prob: float  # sum of token log-probabilities, EOS included
+    alignment: list[int] = field(default_factory=list)  # per token, the source position attended most
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a hypothesis may contain, and how its finished score is adjusted."""
+
+    min_length: int = 0  # tokens before EOS may be chosen
+    no_repeat_ngram: int = 0  # N > 0: no N-gram occurs twice in a hypothesis
+    coverage_penalty: float = 0.0  # GNMT beta; 0 = off
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token from the model's distribution at `temperature`, cut to the `top_k` most
+    likely tokens (0 = all) or to the smallest set whose probability reaches `top_p` (1 = all)."""
+
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
 
 
 def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
+
+
+def coverage_penalty(coverage: torch.Tensor, src_len: torch.Tensor, beta: float) -> torch.Tensor:
+    """coverage (R, S) summed attention, src_len (R,) -> beta * sum_i log min(coverage_i, 1), (R,)."""
+    real = torch.arange(coverage.size(1), device=coverage.device) < src_len.unsqueeze(1)
+    log_coverage = coverage.clamp(MIN_COVERAGE, 1.0).log()
+    return beta * torch.where(real, log_coverage, 0.0).sum(dim=1)
 
 
 def max_lengths(src_len: torch.Tensor, ratio: float, offset: int) -> torch.Tensor:
@@ -32,11 +70,47 @@ def max_lengths(src_len: torch.Tensor, ratio: float, offset: int) -> torch.Tenso
     return (src_len.double() * ratio + 1e-9).floor().long() + offset
 
 
-def _force_eos(log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows that reached their length limit may only end: every other token gets -inf."""
-    only_eos = torch.full_like(log_probs[0], float("-inf"))
-    only_eos[EOS] = 0.0
-    return torch.where(rows.unsqueeze(1), log_probs + only_eos, log_probs)
+def ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """log_probs (R, V), history (R, t): a token that would complete an n-gram already in the row's
+    history gets -inf (in place)."""
+    if n <= 0 or history.size(1) < n:
+        return log_probs
+    windows = history.unfold(1, n, 1)  # (R, t - n + 1, n), every n-gram so far
+    suffix = history[:, history.size(1) - n + 1 :].unsqueeze(1)  # (R, 1, n - 1), what the next n-gram starts with
+    rows, starts = (windows[:, :, :-1] == suffix).all(dim=2).nonzero(as_tuple=True)
+    log_probs[rows, windows[rows, starts, -1]] = float("-inf")
+    return log_probs
+
+
+def _constrain(
+    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, constraints: Constraints
+) -> torch.Tensor:
+    """Apply min length, no-repeat n-grams and the length limit to a step's log_probs (R, V);
+    at_limit is per row, on the host, so steps that force nothing cost nothing."""
+    limited = torch.tensor(at_limit, device=log_probs.device).nonzero().squeeze(1) if any(at_limit) else None
+    eos = log_probs[limited, EOS] if limited is not None else None  # before min length: the limit wins
+    if t < constraints.min_length:
+        log_probs[:, EOS] = float("-inf")
+    log_probs = ban_repeated_ngrams(log_probs, history, constraints.no_repeat_ngram)
+    if limited is not None:  # rows at their limit may only end
+        log_probs[limited] = float("-inf")
+        log_probs[limited, EOS] = eos
+    return log_probs
+
+
+def sample(log_probs: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of log_probs (R, V), drawn from the tempered, truncated distribution."""
+    logits = log_probs / sampling.temperature
+    if 0 < sampling.top_k < logits.size(1):
+        kth = logits.topk(sampling.top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        cumulative = sorted_logits.softmax(dim=1).cumsum(dim=1)
+        # drop a token when the more likely ones before it already reach top_p; the first always stays
+        drop = (cumulative - sorted_logits.softmax(dim=1)) >= sampling.top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()
@@ -47,28 +121,48 @@ def greedy_search(
     max_length_ratio: float,
     max_length_offset: int,
     alpha: float = 0.0,
+    *,
+    constraints: Constraints = Constraints(),
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
-    """The most probable token at each step; one hypothesis per sentence."""
+    """The most probable token at each step (or a sampled one); one hypothesis per sentence."""
+    device = src.device
     source, state = model.encode(src, src_len)
-    limits = max_lengths(src_len, max_length_ratio, max_length_offset).to(src.device)
+    limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()
     batch = src.size(0)
-    prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(batch, device=src.device)
-    steps = []
-    for t in range(int(limits.max()) + 1):
-        step_log_probs, state, _ = model.step(prev, state, source)
-        step_log_probs = _force_eos(step_log_probs, limits == t)
-        best_log_prob, prev = step_log_probs.max(dim=1)
-        log_prob += torch.where(done, 0.0, best_log_prob)
-        steps.append(torch.where(done, EOS, prev))
-        done |= prev == EOS
-        if done.all():
+    prev = torch.full((batch,), BOS, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch, device=device)
+    history = torch.empty((batch, 0), dtype=torch.long, device=device)
+    alignment = torch.empty((batch, 0), dtype=torch.long, device=device)
+    coverage = torch.zeros(src.shape, device=device)
+    lengths = src_len.to(device)
+    active = list(range(batch))  # original index of each active sentence
+    hypotheses: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for t in range(max(limits) + 1):
+        step_log_probs, state, attention = model.step(prev, state, source)
+        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, constraints)
+        prev = step_log_probs.argmax(dim=1) if sampling is None else sample(step_log_probs, sampling, generator)
+        log_prob += step_log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)
+        coverage += attention.float()
+        ends = prev == EOS
+        for a in ends.nonzero().squeeze(1).tolist():
+            total = float(log_prob[a])
+            score = total / length_penalty(t + 1, alpha)
+            if constraints.coverage_penalty:
+                score += float(coverage_penalty(coverage[a : a + 1], lengths[a : a + 1], constraints.coverage_penalty))
+            hypotheses[active[a]] = [Hypothesis(history[a].tolist(), score, total, alignment[a].tolist())]
+        keep = (~ends).nonzero().squeeze(1)
+        if keep.numel() == 0:
             break
-    hypotheses = []
-    for tokens, total in zip(torch.stack(steps, dim=1).tolist(), log_prob.tolist()):
-        tokens = tokens[: tokens.index(EOS)]
-        hypotheses.append([Hypothesis(tokens, total / length_penalty(len(tokens) + 1, alpha), total)])
+        history = torch.cat([history, prev.unsqueeze(1)], dim=1)[keep]
+        alignment = torch.cat([alignment, attention.argmax(dim=1, keepdim=True)], dim=1)[keep]
+        if keep.numel() < len(active):
+            source, state = source.index_select(keep), state.index_select(keep)
+            coverage, lengths, log_prob = coverage[keep], lengths[keep], log_prob[keep]
+            kept = keep.tolist()
+            active, limits = [active[i] for i in kept], [limits[i] for i in kept]
+        prev = prev[keep]
     return hypotheses
 
 
@@ -82,6 +176,8 @@ def beam_search(
     max_length_ratio: float,
     max_length_offset: int,
     alpha: float,
+    *,
+    constraints: Constraints = Constraints(),
 ) -> list[list[Hypothesis]]:
     """The `nbest` best of the hypotheses that beam search finishes, per sentence, best first.
 
@@ -95,42 +191,59 @@ def beam_search(
     batch = src.size(0)
     expand = torch.arange(batch, device=device).repeat_interleave(K)
     source, state = source.index_select(expand), state.index_select(expand)
-    limits = max_lengths(src_len, max_length_ratio, max_length_offset).to(device)
+    limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()  # on the host: no sync per step
+    lengths = src_len.to(device)[expand]  # (A*K,)
     scores = torch.full((batch, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
     prev = torch.full((batch * K,), BOS, dtype=torch.long, device=device)
-    history = torch.empty((batch * K, 0), dtype=torch.long, device=device)
+    history = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # tokens of each live hypothesis
+    alignment = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # their most attended positions
+    coverage = torch.zeros((batch * K, src.size(1)), device=device)  # their summed attention
+    num_finished = torch.zeros(batch, dtype=torch.long, device=device)
     active = list(range(batch))  # original index of each active sentence
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for t in range(int(limits.max()) + 1):
-        log_probs, state, _ = model.step(prev, state, source)  # (A*K, V)
-        log_probs = _force_eos(log_probs, (limits == t).repeat_interleave(K))
+    for t in range(max(limits) + 1):
+        log_probs, state, attention = model.step(prev, state, source)  # (A*K, V), (A*K, S)
+        at_limit = [limit == t for limit in limits for _ in range(K)]
+        log_probs = _constrain(log_probs, t, at_limit, history, constraints)
+        coverage += attention.float()
         num_active, vocab = len(active), log_probs.size(1)
         candidates = (scores.view(-1, 1) + log_probs).view(num_active, K * vocab)
         top_scores, top_ids = candidates.topk(min(2 * K, K * vocab), dim=1)  # (A, 2K)
         top_beams, top_tokens = top_ids // vocab, top_ids % vocab
         ends = top_tokens == EOS
         rank = torch.arange(top_ids.size(1), device=device)
-        finishing = ends & (rank < K) & top_scores.isfinite()
-        for a, j in finishing.nonzero().tolist():
-            tokens = history[a * K + top_beams[a, j]].tolist()
-            total = float(top_scores[a, j])
-            finished[active[a]].append(Hypothesis(tokens, total / length_penalty(t + 1, alpha), total))
+        finishing = ends & (rank < K) & top_scores.isfinite()  # (A, 2K)
+        fin_a, fin_j = finishing.nonzero(as_tuple=True)
+        if fin_a.numel():
+            rows = fin_a * K + top_beams[fin_a, fin_j]  # rows of this step that end
+            totals = top_scores[fin_a, fin_j]
+            fin_scores = totals / length_penalty(t + 1, alpha)
+            if constraints.coverage_penalty:
+                fin_scores += coverage_penalty(coverage[rows], lengths[rows], constraints.coverage_penalty)
+            for a, tokens, aligned, total, score in zip(
+                fin_a.tolist(), history[rows].tolist(), alignment[rows].tolist(), totals.tolist(), fin_scores.tolist()
+            ):
+                finished[active[a]].append(Hypothesis(tokens, score, total, aligned))
+            num_finished += finishing.sum(dim=1)
         # the first K candidates that do not end live on
         survivors = (ends.long() * top_ids.size(1) + rank).argsort(dim=1)[:, :K]
         scores = top_scores.gather(1, survivors)
         beams, tokens = top_beams.gather(1, survivors), top_tokens.gather(1, survivors)
-        done = (limits == t) | ~scores[:, 0].isfinite()
-        done |= torch.tensor([len(finished[i]) >= K for i in active], device=device)
+        done = (num_finished >= K) | ~scores[:, 0].isfinite()
+        done |= torch.tensor(at_limit[::K], device=device)
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
-        rows = (keep.unsqueeze(1) * K + beams[keep]).view(-1)  # (A'*K,) rows of the previous step
+        rows = (keep.unsqueeze(1) * K + beams[keep]).view(-1)  # (A'*K,) rows of this step that live on
         state = state.index_select(rows)
         history = torch.cat([history[rows], tokens[keep].view(-1, 1)], dim=1)
+        alignment = torch.cat([alignment[rows], attention.argmax(dim=1, keepdim=True)[rows]], dim=1)
+        coverage = coverage[rows]
         if keep.numel() < num_active:
             source = source.index_select((keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1))
-            limits = limits[keep]
-            active = [active[i] for i in keep.tolist()]
+            kept = keep.tolist()
+            active, limits = [active[i] for i in kept], [limits[i] for i in kept]
+            num_finished, lengths = num_finished[keep], lengths[rows]
         scores, prev = scores[keep], tokens[keep].view(-1)
     return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]

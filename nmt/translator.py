@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from nmt.config import DecodeConfig
-from nmt.data import pad
-from nmt.model import Seq2Seq
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search import Constraints, Hypothesis, Sampling, beam_search, greedy_search
 from nmt.tokenization import TextPipeline
+from nmt.vocab import PAD, UNK
 
 
 @dataclass
@@ -23,15 +24,49 @@ class Translation:
     tokens: list[int]
 
 
-def search(model: Seq2Seq, src_ids: list[np.ndarray], cfg: DecodeConfig) -> list[list[Hypothesis]]:
+@dataclass(frozen=True)
+class SearchOptions:
+    """Search settings beyond DecodeConfig's."""
+
+    constraints: Constraints = Constraints()
+    sampling: Sampling | None = None  # draw tokens instead of searching (beam size is ignored)
+    seed: int = 0  # of the sampling generator
+    replace_unk: bool = False  # an UNK becomes the source word it attends to most
+
+
+def pad(sequences: list[np.ndarray]) -> torch.Tensor:
+    """Id sequences -> (B, longest) padded with PAD."""
+    out = np.full((len(sequences), max(len(s) for s in sequences)), PAD, dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        out[row, : len(ids)] = ids
+    return torch.from_numpy(out)
+
+
+def search(
+    model: nn.Module,
+    src_ids: list[np.ndarray],
+    cfg: DecodeConfig,
+    options: SearchOptions = SearchOptions(),
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
     """Search for one batch of id sequences (none empty), in their order."""
     device = next(model.parameters()).device
     src = pad(src_ids).to(device)
     src_len = torch.tensor([len(ids) for ids in src_ids])
-    if cfg.beam_size == 1:
-        return greedy_search(model, src, src_len, cfg.max_length_ratio, cfg.max_length_offset, cfg.length_penalty)
+    limits = (cfg.max_length_ratio, cfg.max_length_offset)
+    if options.sampling is not None or cfg.beam_size == 1:
+        return greedy_search(
+            model,
+            src,
+            src_len,
+            *limits,
+            cfg.length_penalty,
+            constraints=options.constraints,
+            sampling=options.sampling,
+            generator=generator,
+        )
     return beam_search(
-        model, src, src_len, cfg.beam_size, cfg.nbest, cfg.max_length_ratio, cfg.max_length_offset, cfg.length_penalty
+        model, src, src_len, cfg.beam_size, cfg.nbest, *limits, cfg.length_penalty, constraints=options.constraints
     )
 
 
@@ -46,20 +81,34 @@ def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of the LSTM and linear layers (weights int8, activations
+    quantized per call), for CPU inference; a new model, the original is untouched."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear, nn.LSTM, nn.LSTMCell}, dtype=torch.qint8, inplace=False
+        )
+
+
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq,
+        model: nn.Module,
         src_pipeline: TextPipeline,
         tgt_pipeline: TextPipeline,
         cfg: DecodeConfig,
         precision: str = "fp32",
+        options: SearchOptions = SearchOptions(),
     ) -> None:
         self.model = model.eval()
         self.src_pipeline = src_pipeline
         self.tgt_pipeline = tgt_pipeline
         self.cfg = cfg
         self.precision = precision
+        self.options = options
+        self.generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -76,7 +125,28 @@ class Translator:
         with self._autocast():
             for batch in length_batches(lengths[nonempty], self.cfg.batch_tokens):
                 indices = nonempty[batch]
-                hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg)
+                hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg, self.options, self.generator)
                 for index, hyps in zip(indices, hypotheses):
-                    results[index] = [Translation(self.tgt_pipeline.decode(h.tokens), h.score, h.tokens) for h in hyps]
+                    results[index] = [self._translation(lines[index], h) for h in hyps]
         return results
+
+    def _translation(self, line: str, hypothesis: Hypothesis) -> Translation:
+        words = self.tgt_pipeline.words(hypothesis.tokens)
+        if self.options.replace_unk and UNK in hypothesis.tokens:
+            words = self._replace_unk(line, hypothesis, words)
+        return Translation(self.tgt_pipeline.moses.detokenize(words), hypothesis.score, hypothesis.tokens)
+
+    def _replace_unk(self, line: str, hypothesis: Hypothesis, words: list[str]) -> list[str]:
+        """Each UNK word of the translation becomes the source word holding the subword it attends to most."""
+        source_words = self.src_pipeline.moses.tokenize(line)
+        # BPE segments each word on its own, so word by word gives the sentence's pieces
+        word_of_piece = [
+            w for w, pieces in enumerate(self.src_pipeline.segment([[x] for x in source_words])) for _ in pieces
+        ]
+        copies = iter(
+            source_words[word_of_piece[position]]
+            for token, position in zip(hypothesis.tokens, hypothesis.alignment)
+            if token == UNK
+        )
+        unk = self.tgt_pipeline.vocab.pieces[UNK]
+        return [next(copies) if word == unk else word for word in words]

@@ -16,13 +16,26 @@ from conftest import tiny_config
 from nmt import checkpoint, synthetic
 from nmt.config import ModelConfig
 from nmt.model import Seq2Seq
-from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty, max_lengths
+from nmt.search import (
+    Constraints,
+    Hypothesis,
+    Sampling,
+    ban_repeated_ngrams,
+    beam_search,
+    coverage_penalty,
+    greedy_search,
+    length_penalty,
+    max_lengths,
+    sample,
+)
 from nmt.vocab import BOS, EOS, PAD, UNK
 
 A, B = 4, 5  # two ordinary target tokens
 VOCAB = 6
 # (source sentence without padding, tokens generated so far) -> {next token: probability}
 NextTokens = Callable[[tuple[int, ...], tuple[int, ...]], dict[int, float]]
+# (tokens generated so far) -> the source position the step attends to, all of its weight
+Attend = Callable[[tuple[int, ...]], int]
 
 
 class FakeSource(NamedTuple):
@@ -45,9 +58,10 @@ class ScriptedModel:
     The prefix lives in the state, so a search that reorders states wrongly scores the wrong prefix.
     """
 
-    def __init__(self, next_tokens: NextTokens, vocab_size: int = VOCAB) -> None:
+    def __init__(self, next_tokens: NextTokens, vocab_size: int = VOCAB, attend: Attend = lambda prefix: 0) -> None:
         self.next_tokens = next_tokens
         self.vocab_size = vocab_size
+        self.attend = attend
         self.step_rows: list[int] = []  # batch rows of each step call
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[FakeSource, FakeState]:
@@ -58,15 +72,17 @@ class ScriptedModel:
     ) -> tuple[torch.Tensor, FakeState, torch.Tensor]:
         fed = torch.cat([state.fed, prev_tokens.unsqueeze(1)], dim=1)
         rows = []
-        for src_row, fed_row in zip(source.src.tolist(), fed.tolist()):
+        attention = torch.zeros(fed.size(0), source.src.size(1))
+        for row, (src_row, fed_row) in enumerate(zip(source.src.tolist(), fed.tolist())):
             assert fed_row[0] == BOS
             sentence = tuple(token for token in src_row if token != PAD)
             log_probs = [-math.inf] * self.vocab_size
             for token, prob in self.next_tokens(sentence, tuple(fed_row[1:])).items():
                 log_probs[token] = math.log(prob)
             rows.append(log_probs)
+            attention[row, self.attend(tuple(fed_row[1:]))] = 1.0
         self.step_rows.append(len(rows))
-        return torch.tensor(rows), FakeState(fed), torch.zeros(len(rows), source.src.size(1))
+        return torch.tensor(rows), FakeState(fed), attention
 
 
 def scripted(table: dict[tuple[int, ...], dict[int, float]]) -> ScriptedModel:
@@ -83,6 +99,7 @@ def sources(*lengths: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+UNCONSTRAINED = Constraints()
 
 
 def one_sentence(batch: Batch, row: int) -> Batch:
@@ -92,17 +109,29 @@ def one_sentence(batch: Batch, row: int) -> Batch:
 
 
 def beam(
-    model: object, batch: Batch, beam_size: int, nbest: int, alpha: float = 0.0, ratio: float = 1.0, offset: int = 0
+    model: object,
+    batch: Batch,
+    beam_size: int,
+    nbest: int,
+    alpha: float = 0.0,
+    ratio: float = 1.0,
+    offset: int = 0,
+    constraints: Constraints = UNCONSTRAINED,
 ) -> list[list[Hypothesis]]:
     src, src_len = batch
-    return beam_search(model, src, src_len, beam_size, nbest, ratio, offset, alpha)
+    return beam_search(model, src, src_len, beam_size, nbest, ratio, offset, alpha, constraints=constraints)
 
 
 def greedy(
-    model: object, batch: Batch, alpha: float = 0.0, ratio: float = 1.0, offset: int = 0
+    model: object,
+    batch: Batch,
+    alpha: float = 0.0,
+    ratio: float = 1.0,
+    offset: int = 0,
+    constraints: Constraints = UNCONSTRAINED,
 ) -> list[list[Hypothesis]]:
     src, src_len = batch
-    return greedy_search(model, src, src_len, ratio, offset, alpha)
+    return greedy_search(model, src, src_len, ratio, offset, alpha, constraints=constraints)
 
 
 def assert_hypotheses(actual: list[Hypothesis], expected: list[tuple[list[int], float, float]]) -> None:
@@ -225,6 +254,110 @@ def test_length_penalty_decides_between_a_short_and_a_long_hypothesis(alpha: flo
 def test_greedy_normalizes_its_score_with_the_length_penalty() -> None:
     (hypotheses,) = greedy(scripted(SHORT_OR_LONG), sources(10), alpha=1.0)
     assert_hypotheses(hypotheses, [([B], math.log(0.6), math.log(0.6) / (7 / 6))])
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_min_length_holds_eos_back(search: str) -> None:
+    # EOS is best at every step; from step 2 on it is allowed
+    model = never_ends({EOS: 0.5, A: 0.3, B: 0.2})
+    constraints = Constraints(min_length=2)
+    if search == "greedy":
+        (hypotheses,) = greedy(model, sources(5), constraints=constraints)
+    else:
+        (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=1, constraints=constraints)
+    assert_hypotheses(hypotheses, [([A, A], math.log(0.3 * 0.3 * 0.5), math.log(0.3 * 0.3 * 0.5))])
+
+
+def test_the_length_limit_wins_over_min_length() -> None:
+    model = never_ends({EOS: 0.5, A: 0.3, B: 0.2})
+    (hypotheses,) = greedy(model, sources(2), ratio=1.0, offset=0, constraints=Constraints(min_length=5))
+    assert_hypotheses(hypotheses, [([A, A], math.log(0.3 * 0.3 * 0.5), math.log(0.3 * 0.3 * 0.5))])
+
+
+def test_ban_repeated_ngrams_bans_what_would_complete_a_seen_ngram() -> None:
+    history = torch.tensor([[A, B, A], [A, B, B], [B, A, B]])
+    banned = ban_repeated_ngrams(torch.zeros(3, VOCAB), history, 2).isinf()
+    # row 0 ends in A and "A B" occurred; row 1 ends in B and "B B" occurred; row 2 ends in B, "B A" occurred
+    assert banned.nonzero().tolist() == [[0, B], [1, B], [2, A]]
+    trigram_history = torch.tensor([[A, B, A, B], [A, B, B, A]])
+    banned = ban_repeated_ngrams(torch.zeros(2, VOCAB), trigram_history, 3).isinf()
+    assert banned.nonzero().tolist() == [[0, A]]  # row 0 ends in "A B" and "A B A" occurred
+    assert not ban_repeated_ngrams(torch.zeros(3, VOCAB), history[:, :1], 2).isinf().any()
+
+
+def test_no_repeat_ngram_of_one_never_repeats_a_token() -> None:
+    model = never_ends({A: 0.6, B: 0.3, EOS: 0.1})
+    # A, then B (A is spent), then only EOS is left
+    (hypotheses,) = greedy(model, sources(5), constraints=Constraints(no_repeat_ngram=1))
+    log_prob = math.log(0.6 * 0.3 * 0.1)
+    assert_hypotheses(hypotheses, [([A, B], log_prob, log_prob)])
+
+    # A B and B A tie; A A B and the like would be likelier without the ban
+    (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=2, constraints=Constraints(no_repeat_ngram=1))
+    assert sorted(h.tokens for h in hypotheses) == [[A, B], [B, A]]
+    assert [h.log_prob for h in hypotheses] == pytest.approx([log_prob, log_prob])
+
+
+def test_coverage_penalty_follows_the_formula() -> None:
+    coverage = torch.tensor([[0.5, 2.0, 0.0], [0.25, 0.0, 0.0]])
+    penalty = coverage_penalty(coverage, torch.tensor([2, 3]), beta=0.2)
+    # positions past the source length do not count; an unattended one counts as 1e-10
+    assert penalty.tolist() == pytest.approx([0.2 * math.log(0.5), 0.2 * (math.log(0.25) + 2 * math.log(1e-10))])
+
+
+# B ends at once but attends to source position 0 twice; A A attends to 0, 1, 1 and covers both.
+COVERAGE = {(): {B: 0.6, A: 0.4}, (B,): {EOS: 1.0}, (A,): {A: 1.0}, (A, A): {EOS: 1.0}}
+
+
+def attend_one_after_a(prefix: tuple[int, ...]) -> int:
+    return 1 if prefix and prefix[-1] == A else 0
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.2])
+def test_coverage_penalty_prefers_the_hypothesis_that_covers_the_source(beta: float) -> None:
+    model = ScriptedModel(lambda sentence, prefix: COVERAGE.get(prefix, {EOS: 1.0}), attend=attend_one_after_a)
+    (hypotheses,) = beam(
+        model, sources(2), beam_size=2, nbest=2, offset=2, constraints=Constraints(coverage_penalty=beta)
+    )
+
+    short = ([B], math.log(0.6), math.log(0.6) + beta * math.log(1e-10))
+    long = ([A, A], math.log(0.4), math.log(0.4))
+    assert_hypotheses(hypotheses, [long, short] if beta else [short, long])
+    # each token is aligned to the position its step attended to
+    assert {tuple(h.tokens): h.alignment for h in hypotheses} == {(B,): [0], (A, A): [0, 1]}
+
+
+def test_greedy_reports_alignment_and_coverage_penalty() -> None:
+    model = ScriptedModel(lambda sentence, prefix: COVERAGE.get(prefix, {EOS: 1.0}), attend=attend_one_after_a)
+    (hypotheses,) = greedy(model, sources(2), offset=2, constraints=Constraints(coverage_penalty=0.2))
+    assert_hypotheses(hypotheses, [([B], math.log(0.6), math.log(0.6) + 0.2 * math.log(1e-10))])
+    assert hypotheses[0].alignment == [0]
+
+
+def test_sampling_draws_within_top_k_and_top_p_and_repeats_with_a_seed() -> None:
+    log_probs = torch.tensor([[0.05, 0.1, 0.15, 0.3, 0.4]]).log().expand(2000, 5)
+
+    def draws(sampling: Sampling, seed: int = 0) -> torch.Tensor:
+        return sample(log_probs, sampling, torch.Generator().manual_seed(seed))
+
+    assert set(draws(Sampling(top_k=2)).tolist()) == {3, 4}
+    assert set(draws(Sampling(top_p=0.7)).tolist()) == {3, 4}  # 0.4 + 0.3 reaches 0.7
+    assert set(draws(Sampling(top_p=0.75)).tolist()) == {2, 3, 4}
+    assert set(draws(Sampling(top_k=1, temperature=5.0)).tolist()) == {4}
+    assert len(set(draws(Sampling()).tolist())) == 5
+    assert torch.equal(draws(Sampling(top_p=0.9), seed=3), draws(Sampling(top_p=0.9), seed=3))
+    assert not torch.equal(draws(Sampling(top_p=0.9), seed=3), draws(Sampling(top_p=0.9), seed=4))
+    # a high temperature flattens the distribution: the least likely token is drawn more often
+    hot = (draws(Sampling(temperature=10.0)) == 0).float().mean()
+    assert hot > 2 * (draws(Sampling()) == 0).float().mean()
+
+
+def test_greedy_with_top_1_sampling_is_greedy() -> None:
+    model = ScriptedModel(hashed_next_tokens)
+    batch = sources(3, 1, 6, 2)
+    src, src_len = batch
+    sampled = greedy_search(model, src, src_len, 1.0, 2, 0.6, sampling=Sampling(top_k=1), generator=torch.Generator())
+    assert sampled == greedy(ScriptedModel(hashed_next_tokens), batch, alpha=0.6, offset=2)
 
 
 def hashed_next_tokens(sentence: tuple[int, ...], prefix: tuple[int, ...]) -> dict[int, float]:
