@@ -40,7 +40,9 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch
     """torch.nn.LSTMCell's update from precomputed gate pre-activations (B, 4H)."""
     i, f, g, o = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    # h takes the gates' dtype (bf16 under autocast), so the next step's products need no cast;
+    # the cell state keeps the precision it came in with (fp32 from init_state)
+    return (torch.sigmoid(o) * torch.tanh(c)).to(gates.dtype), c
 
 
 class Decoder(nn.Module):

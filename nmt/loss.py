@@ -21,9 +21,9 @@ class LossOutput(NamedTuple):
 
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> LossOutput:
-    """logits (B, T, V), target (B, T) with PAD where there is no token."""
-    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)  # (B*T, V)
-    target = target.flatten()
+    """logits (..., V), target (...) with PAD where there is no token: (B, T, V) and (B, T), or (N, V) and (N,)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1))  # (N, V)
+    target = target.reshape(-1)
     real = target != PAD
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     # sum, then scale the (N,) result: mean's backward would divide the whole (N, V) gradient

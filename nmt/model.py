@@ -58,11 +58,14 @@ class Seq2Seq(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(self.output_proj(hidden))
 
-    def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for tgt_in (B, T)."""
+    def forward(
+        self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits: (B, T, V) for tgt_in (B, T), or (N, V) at the N positions where
+        the boolean (B, T) `positions` is True (training skips padding this way)."""
         source, state = self.encode(src, src_len)
         hidden, _, _ = self.decoder(tgt_in, state, source.memory, source.keys, source.mask)
-        return self.logits(hidden)
+        return self.logits(hidden if positions is None else hidden[positions])
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource

@@ -33,6 +33,7 @@ from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.schedule import make_scheduler
 from nmt.translator import length_batches, search
+from nmt.vocab import PAD
 
 
 @dataclass
@@ -61,9 +62,10 @@ def validation_loss(model: Seq2Seq, corpus: EncodedCorpus, batch_tokens: int, pr
     nll, tokens = 0.0, 0
     for indices in epoch_batches(corpus, batch_tokens, seed=0, epoch=0):
         batch = make_batch(corpus, indices).to(device)
+        real = batch.tgt_out != PAD
         with autocast(precision, device):
-            logits = model(batch.src, batch.src_len, batch.tgt_in)
-        out = sequence_loss(logits, batch.tgt_out, label_smoothing=0.0)
+            logits = model(batch.src, batch.src_len, batch.tgt_in, real)
+        out = sequence_loss(logits, batch.tgt_out[real], label_smoothing=0.0)
         nll, tokens = nll + float(out.nll), tokens + out.tokens
     return nll / max(tokens, 1)
 
@@ -189,9 +191,10 @@ class Trainer:
             # DDP averages gradients over ranks; scaling by world / tokens makes that a sum over the update
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
             with sync:
+                real = batch.tgt_out != PAD
                 with autocast(train.precision, self.device):
-                    logits = self.model(batch.src, batch.src_len, batch.tgt_in)
-                out = sequence_loss(logits, batch.tgt_out, train.label_smoothing)
+                    logits = self.model(batch.src, batch.src_len, batch.tgt_in, real)
+                out = sequence_loss(logits, batch.tgt_out[real], train.label_smoothing)
                 self.scaler.scale(out.loss * (self.world / tokens)).backward()
             nll += out.nll.detach()
         self.scaler.unscale_(self.optimizer)
