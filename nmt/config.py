@@ -45,7 +45,8 @@ class DataConfig:
     max_length_ratio: float = 3.0  # ... and pairs whose subword length ratio exceeds this
     bpe_vocab_size: int = 8000
     bpe_min_frequency: int = 2
-    joint_bpe: bool = True  # one BPE model and vocabulary for both languages
+    joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary)
+    on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
 
     def __post_init__(self) -> None:
         _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")
@@ -56,6 +57,7 @@ class DataConfig:
         _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
         _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
         _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
+        _require(self.on_bad_line in ("error", "skip"), "data.on_bad_line", "error or skip")
         for alias in ("train", "val"):
             _require(alias in self.splits, f"data.splits.{alias}", "set")
 
@@ -174,6 +176,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.train.batch_tokens > self.data.max_length,
+            "train.batch_tokens",
+            f"> data.max_length ({self.data.max_length}), so the longest training sentence fits a batch",
+        )
 
 
 @dataclass

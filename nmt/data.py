@@ -26,8 +26,12 @@ from nmt.vocab import BOS, EOS, PAD
 datasets.disable_progress_bars()
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file (gzipped if it ends in .gz), split on "\\n" only."""
+def read_lines(path: Path, on_bad_line: str = "error") -> list[str]:
+    """Lines of a UTF-8 text file (gzipped if it ends in .gz), split on "\\n" only.
+
+    A line that is not valid UTF-8 stops with an error naming it, or with on_bad_line="skip"
+    reads as "", so the pair it belongs to is dropped like any pair with an empty side.
+    """
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except FileNotFoundError:
@@ -42,12 +46,18 @@ def read_lines(path: Path) -> list[str]:
         try:
             decoded.append(line.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError as error:
-            raise NmtError(f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8") from None
+            if on_bad_line == "skip":
+                decoded.append("")
+                continue
+            raise NmtError(
+                f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8 "
+                "or set data.on_bad_line=skip to drop such pairs"
+            ) from None
     return decoded
 
 
-def read_parallel(src_path: Path, tgt_path: Path) -> datasets.Dataset:
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
+def read_parallel(src_path: Path, tgt_path: Path, on_bad_line: str = "error") -> datasets.Dataset:
+    src, tgt = read_lines(src_path, on_bad_line), read_lines(tgt_path, on_bad_line)
     if len(src) != len(tgt):
         raise NmtError(
             f"parallel files differ in length: {src_path} has {len(src)} lines, "
@@ -73,7 +83,8 @@ def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
         return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
     if cfg.corpus == "files":
         directory = Path(cfg.dir)
-        return read_parallel(_corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang))
+        src_path, tgt_path = _corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang)
+        return read_parallel(src_path, tgt_path, cfg.on_bad_line)
     return _load_hub_split(cfg, name)
 
 

@@ -19,6 +19,16 @@ from nmt.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, Vocabulary
 END_OF_WORD = "</w>"
 
 
+# The BOM and zero-width spaces vanish; other control characters (tab, NUL, ...) become spaces.
+# Training and translation both go through `clean`, so stray bytes never split or merge words
+# differently on the two sides of a model.
+_CLEANUP = dict.fromkeys(map(ord, "\ufeff\u200b\u2060"), None) | {c: " " for c in [*range(32), 0x7F]}
+
+
+def clean(line: str) -> str:
+    return line.translate(_CLEANUP)
+
+
 class MosesText:
     """Moses punctuation normalization, tokenization and detokenization for one language."""
 
@@ -29,7 +39,7 @@ class MosesText:
         self._detokenizer = MosesDetokenizer(lang=lang)
 
     def tokenize(self, line: str) -> list[str]:
-        normalized = self._normalizer.normalize(line)
+        normalized = self._normalizer.normalize(clean(line))
         return self._tokenizer.tokenize(normalized, escape=False, aggressive_dash_splits=False)
 
     def detokenize(self, tokens: Sequence[str]) -> str:

@@ -1,0 +1,83 @@
+"""Bad input gets a clear error or a consistent, counted treatment, never a silent misalignment."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmt.config import Config, DataConfig, TrainConfig
+from nmt.data import load_split, prepare
+from nmt.errors import NmtError
+from nmt.tokenization import MosesText, clean
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(folder: Path, split: str, src: list[bytes], tgt: list[bytes]) -> None:
+    for lang, lines in (("en", src), ("de", tgt)):
+        (folder / f"{split}.{lang}.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+
+
+def test_invisible_and_control_characters_tokenize_like_plain_spaces():
+    moses = MosesText("en")
+    plain = moses.tokenize("A dog runs in the park .")
+    assert moses.tokenize("\ufeffA dog\truns in\x00the park\u200b .\r") == plain
+    assert clean("x\u200by") == "xy"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_clean_never_leaves_control_characters(text):
+    assert not any(ord(ch) < 32 or ord(ch) == 0x7F for ch in clean(text))
+
+
+def test_invalid_utf8_names_file_and_line_and_can_be_skipped(tmp_path):
+    good = [f"a small dog number {i} .".encode() for i in range(30)]
+    bad = [*good[:4], b"caf\xe9 au lait", *good[5:]]
+    write_corpus(tmp_path, "train", bad, good)
+    write_corpus(tmp_path, "val", good[:5], good[:5])
+    cfg = DataConfig(corpus="files", dir=str(tmp_path), bpe_vocab_size=100)
+    with pytest.raises(NmtError, match=r"train\.en\.gz:5: invalid UTF-8.*on_bad_line=skip"):
+        load_split(cfg, "train")
+    cfg.on_bad_line = "skip"
+    data = prepare(cfg)
+    assert data.train_report.empty == 1 and data.train_report.kept == 29
+    assert "caf" not in " ".join(data.train.src_text)
+
+
+def test_empty_and_whitespace_only_lines_drop_their_pairs(tmp_path):
+    src = [b"one cat .", b"", b"   ", b"two cats .", b"three cats ."]
+    tgt = [b"eine katze .", b"zwei", b"drei", b"", b"drei katzen ."]
+    write_corpus(tmp_path, "train", src, tgt)
+    write_corpus(tmp_path, "val", src[:1], tgt[:1])
+    data = prepare(DataConfig(corpus="files", dir=str(tmp_path), bpe_vocab_size=60))
+    assert data.train_report.empty == 3 and data.train.src_text == ["one cat .", "three cats ."]
+
+
+def test_batch_budget_smaller_than_the_longest_sentence_is_a_config_error():
+    with pytest.raises(NmtError, match=r"train.batch_tokens must be > data.max_length \(100\)"):
+        Config(data=DataConfig(max_length=100), train=TrainConfig(batch_tokens=80))
+
+
+def translate(checkpoint: Path, input_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nmt.translate", "-m", str(checkpoint), "-i", str(input_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
+def test_empty_input_gives_empty_output(trained_checkpoint, tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = translate(trained_checkpoint, tmp_path / "empty.txt")
+    assert result.returncode == 0 and result.stdout == ""
+
+
+def test_binary_input_is_a_clear_error(trained_checkpoint, tmp_path):
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    result = translate(trained_checkpoint, tmp_path / "blob.bin")
+    assert result.returncode == 1 and "blob.bin:1: invalid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
