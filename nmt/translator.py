@@ -110,7 +110,8 @@ class Translator:
         self.options = options
         self.generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for --precision bf16, else nothing."""
         if self.precision == "bf16":
             device_type = next(self.model.parameters()).device.type
             return torch.autocast(device_type, dtype=torch.bfloat16)
@@ -122,7 +123,7 @@ class Translator:
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in lines]
         nonempty = np.flatnonzero(lengths > 0)
-        with self._autocast():
+        with self.autocast():
             for batch in length_batches(lengths[nonempty], self.cfg.batch_tokens):
                 indices = nonempty[batch]
                 hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg, self.options, self.generator)

@@ -1,0 +1,164 @@
+"""The Translator and `nmt-translate` on a real trained checkpoint: batching invariance, streaming,
+ensembles, int8, sampling, UNK replacement, and a start-up that stays light."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from nmt import checkpoint, synthetic, translate
+from nmt.config import DecodeConfig
+from nmt.ensemble import Ensemble
+from nmt.errors import NmtError
+from nmt.search import Hypothesis, Sampling
+from nmt.translator import SearchOptions, Translation, Translator, quantize_int8
+from nmt.vocab import UNK
+
+
+@pytest.fixture(scope="module")
+def restored(trained_checkpoint: Path) -> tuple:
+    return checkpoint.restore(checkpoint.load(trained_checkpoint), trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def test_lines() -> list[str]:
+    data = tiny_config().data
+    lines, _ = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)
+    return lines[:60]
+
+
+def translator(restored: tuple, **decode: object) -> Translator:
+    model, src, tgt, _ = restored
+    return Translator(model, src, tgt, DecodeConfig(**{"beam_size": 4, "nbest": 3, **decode}))
+
+
+def assert_same_up_to_ties(actual: list[Translation], expected: list[Translation]) -> None:
+    """Same scores within 1e-4 and the same hypotheses, except that two whose scores tie within
+    float noise (a barely trained model makes such ties) may change places, also across the n-best cut."""
+    assert [t.score for t in actual] == pytest.approx([t.score for t in expected], abs=1e-4)
+    for ours, theirs in zip(actual, expected):
+        if ours.tokens != theirs.tokens:
+            tied = [t.tokens for t in expected if abs(t.score - theirs.score) <= 1e-4]
+            assert ours.tokens in tied or abs(ours.score - expected[-1].score) <= 1e-4
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_translations_do_not_depend_on_batching_or_order(
+    restored: tuple, test_lines: list[str], beam_size: int
+) -> None:
+    nbest = min(3, beam_size)
+    reference = translator(restored, beam_size=beam_size, nbest=nbest).translate(test_lines)
+    order = list(range(len(test_lines)))
+    random.Random(0).shuffle(order)
+    for batch_tokens in (25, 300, 100000):
+        shuffled = translator(restored, beam_size=beam_size, nbest=nbest, batch_tokens=batch_tokens).translate(
+            [test_lines[i] for i in order]
+        )
+        for position, index in enumerate(order):
+            assert_same_up_to_ties(shuffled[position], reference[index])
+    assert all(len(hyps) == nbest for hyps in reference)
+
+
+def test_an_ensemble_of_one_model_twice_is_that_model(restored: tuple, test_lines: list[str]) -> None:
+    model, src, tgt, _ = restored
+    cfg = DecodeConfig(beam_size=3, nbest=2)
+    alone = Translator(model, src, tgt, cfg).translate(test_lines[:20])
+    twice = Translator(Ensemble([model, model]), src, tgt, cfg).translate(test_lines[:20])
+    assert [[t.tokens for t in hyps] for hyps in twice] == [[t.tokens for t in hyps] for hyps in alone]
+    assert [[t.score for t in hyps] for hyps in twice] == [[t.score for t in hyps] for hyps in alone]
+
+
+def test_an_ensemble_of_models_with_different_vocabularies_is_refused(trained_checkpoint: Path, tmp_path: Path) -> None:
+    other = checkpoint.load(trained_checkpoint)
+    other["tgt_vocab"] = [*other["tgt_vocab"][:-1], "something-else</w>"]
+    checkpoint.save(tmp_path / "other.pt", other)
+    args = translate.parse_args(["-m", str(trained_checkpoint), "-m", str(tmp_path / "other.pt")])
+    with pytest.raises(NmtError, match="other.pt: its target vocabulary differs"):
+        translate.load_translator(args)
+
+
+def test_int8_quantization_replaces_the_layers_and_mostly_agrees(restored: tuple, test_lines: list[str]) -> None:
+    model, src, tgt, _ = restored
+    quantized = quantize_int8(model)
+    dynamic = torch.ao.nn.quantized.dynamic
+    assert isinstance(quantized.decoder.recurrent_gates, dynamic.Linear)
+    assert isinstance(quantized.output, dynamic.Linear) and isinstance(quantized.encoder.rnn, dynamic.LSTM)
+    assert not isinstance(model.output, dynamic.Linear), "the original is untouched"
+    cfg = DecodeConfig(beam_size=4)
+    full = [hyps[0].text for hyps in Translator(model, src, tgt, cfg).translate(test_lines)]
+    small = [hyps[0].text for hyps in Translator(quantized, src, tgt, cfg).translate(test_lines)]
+    assert sum(a == b for a, b in zip(full, small)) >= 0.5 * len(full)
+
+
+def test_sampling_repeats_with_a_seed_and_varies_without(restored: tuple, test_lines: list[str]) -> None:
+    model, src, tgt, _ = restored
+
+    def sampled(seed: int) -> list[str]:
+        options = SearchOptions(sampling=Sampling(top_p=0.95, temperature=1.5), seed=seed)
+        return [
+            hyps[0].text for hyps in Translator(model, src, tgt, DecodeConfig(), options=options).translate(test_lines)
+        ]
+
+    assert sampled(1) == sampled(1)
+    assert sampled(1) != sampled(2)
+
+
+def test_replace_unk_copies_the_most_attended_source_word(restored: tuple) -> None:
+    model, src, tgt, _ = restored
+    line = "Zorblax the dog sees a cat ."  # an invented word, several subwords long
+    words = src.moses.tokenize(line)
+    first_piece_of_third_word = sum(len(pieces) for pieces in src.segment([[w] for w in words[:2]]))
+    hypothesis = Hypothesis([UNK, UNK], 0.0, 0.0, alignment=[0, first_piece_of_third_word])
+    plain = Translator(model, src, tgt, DecodeConfig())._translation(line, hypothesis)
+    options = SearchOptions(replace_unk=True)
+    replaced = Translator(model, src, tgt, DecodeConfig(), options=options)._translation(line, hypothesis)
+    assert plain.text == "<unk> <unk>"
+    assert replaced.text == f"Zorblax {words[2]}"
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nmt.translate", *args], input=stdin, capture_output=True, text=True)
+
+
+def test_streaming_in_chunks_gives_the_same_output(
+    trained_checkpoint: Path, test_lines: list[str], tmp_path: Path
+) -> None:
+    lines = [*test_lines[:12], "", *test_lines[12:25]]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    common = ["-m", str(trained_checkpoint), "--beam-size", "3", "--nbest", "2", "-i", str(tmp_path / "in.txt")]
+    whole = run_cli(*common)
+    chunked = run_cli(*common, "--chunk-lines", "7")
+    assert whole.returncode == chunked.returncode == 0, chunked.stderr
+    assert chunked.stdout == whole.stdout
+    numbers = [int(row.split(" ||| ")[0]) for row in chunked.stdout.splitlines()]
+    assert numbers == [i for i, line in enumerate(lines) for _ in range(2 if line else 1)]  # a blank line: one row
+    # progress goes to stderr, one line per chunk, and never into the translations
+    assert chunked.stderr.count("nmt-translate: ") == 4 and "26 lines" in chunked.stderr
+    assert "sentences/s" not in chunked.stdout
+
+
+def test_invalid_utf8_names_the_line(trained_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_bytes(b"ok\nfine\nbad \xff byte\n")
+    result = run_cli("-m", str(trained_checkpoint), "-i", str(tmp_path / "in.txt"), "--chunk-lines", "2")
+    assert result.returncode == 1 and "in.txt:3: invalid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_translate_does_not_import_the_data_pipeline() -> None:
+    """`datasets` takes most of a second to import; nmt-translate must start without it."""
+    code = "import sys, nmt.translate; print(sorted(m for m in ('datasets', 'nmt.data') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_bf16_translates(restored: tuple, test_lines: list[str]) -> None:
+    model, src, tgt, _ = restored
+    results = Translator(model, src, tgt, DecodeConfig(beam_size=3), precision="bf16").translate(test_lines[:10])
+    assert all(hyps[0].text for hyps in results)
+    assert all(torch.isfinite(torch.tensor(hyps[0].score)) for hyps in results)
