@@ -29,15 +29,24 @@ from nmt.trainer import Trainer
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def gemm_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
-    """Throughput of a large matrix multiply the size of the output layer, in GFLOPS."""
-    a, b = torch.randn(4096, 512, dtype=dtype), torch.randn(512, 8000, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak_gflops(dtype: torch.dtype, device: torch.device) -> float:
+    """Throughput of large matrix multiplies on the device, in GFLOPS: 4096 x 512 x 8000
+    (the output layer's shape) on CPU, 8192 cubed on a GPU."""
+    m, k, n, repeats = (4096, 512, 8000, 20) if device.type == "cpu" else (8192, 8192, 8192, 50)
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    return 2 * 4096 * 512 * 8000 * repeats / (time.perf_counter() - start) / 1e9
+    synchronize(device)
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 
 def training_flops(cfg: ModelConfig, tgt_vocab: int, src_tokens: int, tgt_tokens: int, src_positions: int) -> float:
@@ -79,12 +88,13 @@ def main() -> None:
     data_seconds = 0.0
     for step, indices in enumerate(plan[: args.warmup + args.steps]):
         if step == args.warmup:
+            synchronize(trainer.device)
             start = time.perf_counter()
             data_seconds = 0.0
         before = time.perf_counter()
         batch = make_batch(data.train, indices)
         data_seconds += time.perf_counter() - before
-        trainer.train_step(batch)
+        trainer.update([batch])
         if step >= args.warmup:
             src_tokens, tgt_tokens = int(batch.src_len.sum()), batch.target_tokens
             counts["src"] += src_tokens
@@ -92,12 +102,14 @@ def main() -> None:
             counts["src_padded"] += batch.src.numel()
             counts["tgt_padded"] += batch.tgt_out.numel()
             counts["src_positions"] += tgt_tokens * batch.src.size(1)
+    synchronize(trainer.device)
     seconds = time.perf_counter() - start
     flops = training_flops(
         cfg.model, data.tgt_pipeline.vocab_size, counts["src"], counts["tgt"], counts["src_positions"]
     )
     achieved = flops / seconds / 1e9
-    fp32_peak, bf16_peak = gemm_peak_gflops(torch.float32), gemm_peak_gflops(torch.bfloat16)
+    fp32_peak = gemm_peak_gflops(torch.float32, trainer.device)
+    bf16_peak = gemm_peak_gflops(torch.bfloat16, trainer.device)
     print(
         json.dumps(
             {
@@ -114,13 +126,17 @@ def main() -> None:
                 "mfu_vs_bf16_peak": achieved / bf16_peak,
                 "data_wait_fraction": data_seconds / seconds,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20
+                if trainer.device.type == "cuda"
+                else 0.0,
                 "steps": args.steps,
                 "seconds": seconds,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "precision": cfg.train.precision,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
-                "device": str(trainer.device),
+                "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+                "batch_tokens": cfg.train.batch_tokens,
             }
         )
     )
