@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
 from nmt.errors import NmtError
+
+MISSING = "???"  # OmegaConf's marker for a value the user must give; not imported, to keep nmt-translate light
 
 ATTENTION_TYPES = ("dot", "general", "additive")
 CORPUS_KINDS = ("synthetic", "files", "hub")
@@ -201,6 +200,8 @@ class EvaluateConfig:
 
 def register_configs() -> None:
     """Make the schemas known to Hydra; `conf/*.yaml` name them in their defaults lists."""
+    from hydra.core.config_store import ConfigStore  # only the Hydra entry points need it
+
     store = ConfigStore.instance()
     store.store(name="train_schema", node=Config)
     store.store(name="evaluate_schema", node=EvaluateConfig)

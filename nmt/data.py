@@ -21,7 +21,7 @@ from nmt import synthetic
 from nmt.config import DataConfig
 from nmt.errors import NmtError
 from nmt.tokenization import MosesText, TextPipeline, build_pipelines
-from nmt.vocab import BOS, EOS, PAD
+from nmt.vocab import BOS, EOS, PAD, pad
 
 datasets.disable_progress_bars()
 
@@ -230,13 +230,6 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.src.to(device), self.src_len, self.tgt_in.to(device), self.tgt_out.to(device))
-
-
-def pad(sequences: list[np.ndarray]) -> torch.Tensor:
-    out = np.full((len(sequences), max(len(s) for s in sequences)), PAD, dtype=np.int64)
-    for row, ids in enumerate(sequences):
-        out[row, : len(ids)] = ids
-    return torch.from_numpy(out)
 
 
 def collate(src_ids: list[np.ndarray], tgt_ids: list[np.ndarray]) -> Batch:

@@ -236,28 +236,30 @@ class Trainer:
         train, progress = self.cfg.train, self.progress
         self.model.train()
         self._started, self._minutes_before = time.monotonic(), progress.minutes
-        window_start, window_nll, window_tokens = self._started, 0.0, 0
+        # the window sums update time only: validation and checkpoint writes do not dilute tokens/s
+        window_seconds, window_nll, window_tokens = 0.0, 0.0, 0
         per_update = train.accumulate * self.world
         while not self._finished():
             plan = epoch_batches(self.data.train, train.batch_tokens, train.seed, progress.epoch)
             usable = len(plan) - len(plan) % per_update  # every rank makes the same number of updates
             while progress.batches_done < usable and not self._finished():
+                update_start = time.monotonic()
                 group = plan[progress.batches_done : progress.batches_done + per_update]
                 mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
                 nll, grad_norm, tokens = self.update(mine)
+                window_seconds += time.monotonic() - update_start
                 progress.batches_done += per_update
                 progress.step += 1
                 window_nll, window_tokens = window_nll + nll, window_tokens + tokens
                 if progress.step % train.log_every == 0:
-                    now = time.monotonic()
                     self.log({
                         "step": progress.step, "epoch": progress.epoch,
                         "loss": window_nll / window_tokens, "ppl": math.exp(min(window_nll / window_tokens, 100.0)),
                         "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                        "tgt_tokens_per_s": window_tokens * self.world / (now - window_start),
+                        "tgt_tokens_per_s": window_tokens * self.world / window_seconds,
                         "nonfinite_skipped": progress.nonfinite_total,
                     })  # fmt: skip
-                    window_start, window_nll, window_tokens = now, 0.0, 0
+                    window_seconds, window_nll, window_tokens = 0.0, 0.0, 0
                 if train.valid_every and progress.step % train.valid_every == 0:
                     self._validate_and_save()
                 elif train.save_every and progress.step % train.save_every == 0:

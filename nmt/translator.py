@@ -14,7 +14,7 @@ from torch import nn
 from nmt.config import DecodeConfig
 from nmt.search import Constraints, Hypothesis, Sampling, beam_search, greedy_search
 from nmt.tokenization import TextPipeline
-from nmt.vocab import PAD, UNK
+from nmt.vocab import UNK, pad
 
 
 @dataclass
@@ -32,14 +32,6 @@ class SearchOptions:
     sampling: Sampling | None = None  # draw tokens instead of searching (beam size is ignored)
     seed: int = 0  # of the sampling generator
     replace_unk: bool = False  # an UNK becomes the source word it attends to most
-
-
-def pad(sequences: list[np.ndarray]) -> torch.Tensor:
-    """Id sequences -> (B, longest) padded with PAD."""
-    out = np.full((len(sequences), max(len(s) for s in sequences)), PAD, dtype=np.int64)
-    for row, ids in enumerate(sequences):
-        out[row, : len(ids)] = ids
-    return torch.from_numpy(out)
 
 
 def search(

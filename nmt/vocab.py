@@ -1,9 +1,12 @@
-"""Subword vocabularies: special symbols with fixed ids first, then pieces by frequency."""
+"""Subword vocabularies (special symbols with fixed ids first, then pieces by frequency) and padding."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -32,3 +35,11 @@ class Vocabulary:
 
     def ids(self, pieces: Iterable[str]) -> list[int]:
         return [self._ids.get(piece, UNK) for piece in pieces]
+
+
+def pad(sequences: Sequence[np.ndarray]) -> torch.Tensor:
+    """Id sequences -> (B, longest) tensor, filled with PAD after each sequence's end."""
+    out = np.full((len(sequences), max(len(ids) for ids in sequences)), PAD, dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        out[row, : len(ids)] = ids
+    return torch.from_numpy(out)

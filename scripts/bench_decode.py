@@ -37,6 +37,12 @@ def read_gz(path: Path) -> list[str]:
         return file.read().splitlines()
 
 
+def test_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """`{split}.{lang}.gz` for the checkpoint's source and target languages."""
+    data_cfg = checkpoint.load(args.checkpoint)["data_config"]
+    return tuple(args.data_dir / f"{args.split}.{data_cfg[side]}.gz" for side in ("src_lang", "tgt_lang"))
+
+
 @torch.no_grad()
 def naive_beam_search(model: torch.nn.Module, ids: list[int], cfg: DecodeConfig) -> Hypothesis:
     """The textbook version, one sentence at a time: the same hypotheses as `beam_search`
@@ -84,8 +90,8 @@ def run_setting(args: argparse.Namespace, beam: int, precision: str) -> dict:
     """One setting in this process: batched search over the test set, then the naive baseline."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    sources = read_gz(args.data_dir / f"{args.split}.en.gz")
-    references = read_gz(args.data_dir / f"{args.split}.de.gz")
+    source_file, reference_file = test_files(args)
+    sources, references = read_gz(source_file), read_gz(reference_file)
     model, src, tgt, _ = checkpoint.restore(checkpoint.load(args.checkpoint), args.checkpoint)
     if precision == "int8":
         model = quantize_int8(model)
@@ -126,11 +132,12 @@ def run_setting(args: argparse.Namespace, beam: int, precision: str) -> dict:
 
 def run_cli(args: argparse.Namespace) -> dict:
     """The whole `nmt-translate` process at beam 5 fp32, start-up and model loading included."""
-    references = read_gz(args.data_dir / f"{args.split}.de.gz")
+    source_file, reference_file = test_files(args)
+    references = read_gz(reference_file)
     with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "hyp.de"
+        output = Path(tmp) / "hypotheses.txt"
         command = [sys.executable, "-m", "nmt.translate", "-m", str(args.checkpoint), "--quiet"]
-        command += ["-i", str(args.data_dir / f"{args.split}.en.gz"), "-o", str(output), "--beam-size", "5"]
+        command += ["-i", str(source_file), "-o", str(output), "--beam-size", "5"]
         command += ["--threads", str(args.threads)] if args.threads else []
         start = time.perf_counter()
         subprocess.run(command, check=True, cwd=REPO)
