@@ -79,5 +79,5 @@ def test_empty_input_gives_empty_output(trained_checkpoint, tmp_path):
 def test_binary_input_is_a_clear_error(trained_checkpoint, tmp_path):
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
     result = translate(trained_checkpoint, tmp_path / "blob.bin")
-    assert result.returncode == 1 and "blob.bin:1: invalid UTF-8" in result.stderr
+    assert result.returncode == 1 and "blob.bin:2: invalid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr
