@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nmt.config import Config, DataConfig, TrainConfig
 from nmt.data import load_split, prepare
 from nmt.errors import NmtError
+from nmt.synthetic import generate_split
 from nmt.tokenization import MosesText, clean
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +82,33 @@ def test_binary_input_is_a_clear_error(trained_checkpoint, tmp_path):
     result = translate(trained_checkpoint, tmp_path / "blob.bin")
     assert result.returncode == 1 and "blob.bin:2: invalid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_five_thousand_word_line_translates_within_the_length_bound(trained_checkpoint, tmp_path):
+    source, _ = generate_split("test", 3000, 1234)
+    words = " ".join(source).split()[:5000]
+    (tmp_path / "long.txt").write_text(" ".join(words) + "\nA short line .\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "nmt.translate", "-m", str(trained_checkpoint), "-i", str(tmp_path / "long.txt"),
+         "--beam-size", "2", "--max-length-ratio", "0.1", "--max-length-offset", "0", "--quiet"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert len(lines) == 3 and lines[2] == ""
+    assert 0 < len(lines[0].split()) <= 0.1 * len(words) * 3  # at most ratio * subwords, words <= subwords
+
+
+def test_training_set_empty_after_filtering_says_why(tmp_path):
+    write_corpus(tmp_path, "train", [b"a b c d e f g h", b""], [b"x", b"y"])
+    write_corpus(tmp_path, "val", [b"a"], [b"x"])
+    cfg = DataConfig(corpus="files", dir=str(tmp_path), bpe_vocab_size=60, max_length_ratio=1.5)
+    with pytest.raises(NmtError, match=r"no training pairs left.*1 had an empty side.*1 over data.max_length_ratio"):
+        prepare(cfg)
+
+
+def test_a_language_with_no_files_names_the_missing_file(tmp_path):
+    write_corpus(tmp_path, "train", [b"a"], [b"x"])
+    cfg = DataConfig(corpus="files", dir=str(tmp_path), src_lang="fr", tgt_lang="de")
+    with pytest.raises(NmtError, match=r"train\.fr\}?.*file not found|train\.fr.*\[\.gz\]: file not found"):
+        load_split(cfg, "train")
