@@ -28,7 +28,7 @@ from nmt.config import Config, ModelConfig, register_configs
 from nmt.data import prepare
 from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
-from nmt.trainer import Trainer
+from nmt.trainer import Progress, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,26 @@ def _format(record: dict[str, Any]) -> str:
     return " | ".join(
         f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items()
     )
+
+
+def training_summary(
+    records: list[dict[str, Any]], progress: Progress, minutes: float, model: Seq2Seq, out_dir: Path
+) -> dict[str, Any]:
+    """What a user wants after training: the best checkpoint, its validation scores, the cost."""
+    validations = [r for r in records if "valid_loss" in r]
+    best = next((r for r in validations if r["best_score"] == progress.best_score), {})
+    speeds = [r["tgt_tokens_per_s"] for r in records if "tgt_tokens_per_s" in r]
+    return {
+        "best_checkpoint": str(out_dir / "checkpoints" / "best.pt"),
+        "best_step": best.get("step"),
+        "best_validation": {k: v for k, v in best.items() if k.startswith("valid_")},
+        "steps": progress.step,
+        "epoch": progress.epoch,
+        "minutes": minutes,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tgt_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "nonfinite_skipped": progress.nonfinite_total,
+    }
 
 
 def resume_path(setting: str, out_dir: Path) -> Path | None:
@@ -113,7 +133,10 @@ def run(cfg: Config, out_dir: Path) -> float:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
 
+    records: list[dict[str, Any]] = []
+
     def log_record(record: dict[str, Any]) -> None:
+        records.append(record)
         if lead:
             log.info(_format(record))
             with metrics_path.open("a") as file:
@@ -141,6 +164,9 @@ def run(cfg: Config, out_dir: Path) -> float:
         "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
         trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
     )  # fmt: skip
+    if lead:
+        summary = training_summary(records, progress, trainer.elapsed_minutes(), model, out_dir)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if dist.is_initialized():
         dist.destroy_process_group()
     return progress.best_score

@@ -40,6 +40,9 @@ def test_default_recipe_reaches_high_bleu_on_a_reduced_budget(tmp_path):
         tmp_path / "eval",
     )
     assert report["bleu"] >= 90.0, report
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 600 and summary["best_validation"]["valid_bleu"] >= 90.0
+    assert summary["best_checkpoint"].endswith("best.pt") and summary["parameters"] > 0
 
 
 def test_translate_cli_file_and_stdin(trained_checkpoint, tmp_path):
