@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.config import Config, ModelConfig, register_configs
@@ -153,11 +154,17 @@ def run(cfg: Config, out_dir: Path) -> float:
             for old in kept[: -cfg.train.keep_last]:
                 old.unlink()
 
-    trainer = Trainer(model, data, cfg, log_record, save)
+    bar = tqdm(desc="training", unit="step", dynamic_ncols=True, disable=None if cfg.train.progress and lead else True)
+
+    def on_update(progress: Progress, nll: float, tokens: int) -> None:
+        bar.set_postfix(epoch=progress.epoch, loss=f"{nll / max(tokens, 1):.3f}", refresh=False)
+        bar.update()
+
+    trainer = Trainer(model, data, cfg, log_record, save, on_update)
     if state:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d (epoch %d)", resume, trainer.progress.step, trainer.progress.epoch)
-    with stop_on_signals(trainer):
+    with stop_on_signals(trainer), bar:
         progress = trainer.fit()
     log.info(
         "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",

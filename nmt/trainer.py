@@ -6,8 +6,8 @@ the epoch's batch plan, best score, patience). The batch plan of an epoch is a p
 (seed, epoch), so the position is just a count of batches done.
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
 is normalized by the target tokens of the whole update, so N ranks equal one process with
-N-fold accumulation. The trainer reports through `log(record)` and `save(name, state)`
-callbacks from the entry point and never touches files itself.
+N-fold accumulation. The trainer reports through `log(record)`, `save(name, state)` and
+`on_update(progress, nll, tokens)` callbacks from the entry point and never touches files itself.
 """
 
 from __future__ import annotations
@@ -105,9 +105,10 @@ class Trainer:
         cfg: Config,
         log: Callable[[dict[str, Any]], None],
         save: Callable[[str, dict[str, Any]], None],
+        on_update: Callable[[Progress, float, int], None] = lambda progress, nll, tokens: None,
     ) -> None:
         self.module, self.data, self.cfg = model, data, cfg
-        self.log, self.save = log, save
+        self.log, self.save, self.on_update = log, save, on_update
         self.device = torch.device(cfg.train.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -250,6 +251,7 @@ class Trainer:
                 window_seconds += time.monotonic() - update_start
                 progress.batches_done += per_update
                 progress.step += 1
+                self.on_update(progress, nll, tokens)
                 window_nll, window_tokens = window_nll + nll, window_tokens + tokens
                 if progress.step % train.log_every == 0:
                     self.log({
