@@ -198,7 +198,8 @@ def beam_search(
     prev = torch.full((batch * K,), BOS, dtype=torch.long, device=device)
     history = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # tokens of each live hypothesis
     alignment = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # their most attended positions
-    coverage = torch.zeros((batch * K, src.size(1)), device=device)  # their summed attention
+    use_coverage = constraints.coverage_penalty != 0.0
+    coverage = torch.zeros((batch * K, src.size(1) if use_coverage else 0), device=device)  # summed attention
     num_finished = torch.zeros(batch, dtype=torch.long, device=device)
     active = list(range(batch))  # original index of each active sentence
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
@@ -206,7 +207,8 @@ def beam_search(
         log_probs, state, attention = model.step(prev, state, source)  # (A*K, V), (A*K, S)
         at_limit = [limit == t for limit in limits for _ in range(K)]
         log_probs = _constrain(log_probs, t, at_limit, history, constraints)
-        coverage += attention.float()
+        if use_coverage:
+            coverage += attention.float()
         num_active, vocab = len(active), log_probs.size(1)
         candidates = (scores.view(-1, 1) + log_probs).view(num_active, K * vocab)
         top_scores, top_ids = candidates.topk(min(2 * K, K * vocab), dim=1)  # (A, 2K)
@@ -219,7 +221,7 @@ def beam_search(
             rows = fin_a * K + top_beams[fin_a, fin_j]  # rows of this step that end
             totals = top_scores[fin_a, fin_j]
             fin_scores = totals / length_penalty(t + 1, alpha)
-            if constraints.coverage_penalty:
+            if use_coverage:
                 fin_scores += coverage_penalty(coverage[rows], lengths[rows], constraints.coverage_penalty)
             for a, tokens, aligned, total, score in zip(
                 fin_a.tolist(), history[rows].tolist(), alignment[rows].tolist(), totals.tolist(), fin_scores.tolist()

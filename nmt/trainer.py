@@ -32,7 +32,7 @@ from nmt.errors import NmtError
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.schedule import make_scheduler
-from nmt.translator import length_batches, search
+from nmt.translator import autocast, length_batches, search
 from nmt.vocab import PAD
 
 
@@ -47,12 +47,6 @@ class Progress:
     validated_step: int = -1
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision in ("bf16", "fp16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -34,6 +34,13 @@ class SearchOptions:
     replace_unk: bool = False  # an UNK becomes the source word it attends to most
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for bf16 (CPU and CUDA) and fp16 (CUDA); fp32 runs as it is."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
 def search(
     model: nn.Module,
     src_ids: list[np.ndarray],
@@ -103,11 +110,7 @@ class Translator:
         self.generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for --precision bf16, else nothing."""
-        if self.precision == "bf16":
-            device_type = next(self.model.parameters()).device.type
-            return torch.autocast(device_type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, next(self.model.parameters()).device)
 
     def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
