@@ -9,8 +9,9 @@
 The first layer's gate pre-activations split as W_ih x_t + W_hh h_{t-1} + b =
 (W_e E y_{t-1} + b) + W_r [h~_{t-1} ; h_{t-1}]: the embedding part has no recurrence, so it runs
 for all steps as one matrix multiply before the time loop, and each step pays one product
-with W_r. Its gate equations are torch.nn.LSTMCell's (gate order i, f, g, o); the upper
-layers are nn.LSTMCell itself.
+with W_r. In search (eval mode, no gradients) even the embedding part goes: W_e E y + b is looked
+up in a (V, 4H) table of every token's gates, built once per set of weights. Its gate equations
+are torch.nn.LSTMCell's (gate order i, f, g, o); the upper layers are nn.LSTMCell itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention
@@ -65,6 +67,7 @@ class Decoder(nn.Module):
         self.bridge_h = nn.Linear(hidden_size, hidden_size)
         self.bridge_c = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
+        self._gate_table: tuple[tuple, torch.Tensor] | None = None  # (weights it was built from, table)
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         layers = 1 + len(self.upper_cells)
@@ -73,6 +76,22 @@ class Decoder(nn.Module):
         return DecoderState(
             h.unsqueeze(0).repeat(layers, 1, 1), c.unsqueeze(0).repeat(layers, 1, 1), torch.zeros_like(h)
         )
+
+    def input_gates(self, tokens: torch.Tensor) -> torch.Tensor:
+        """W_e E y + b for tokens (B, T) -> (B, T, 4H)."""
+        if self.training or torch.is_grad_enabled():
+            return self.embed_gates(self.dropout(self.embed(tokens)))
+        return F.embedding(tokens, self.gate_table())
+
+    def gate_table(self) -> torch.Tensor:
+        """W_e E + b for the whole vocabulary (V, 4H) in fp32, rebuilt whenever a weight it is
+        made of was replaced or changed in place (a checkpoint load, an optimizer step)."""
+        weights = (*self.embed.parameters(), *self.embed_gates.parameters())  # none if quantized
+        key = tuple((weight.data_ptr(), weight._version) for weight in weights)
+        if self._gate_table is None or self._gate_table[0] != key:
+            with torch.no_grad(), torch.autocast(self.embed.weight.device.type, enabled=False):
+                self._gate_table = (key, self.embed_gates(self.embed.weight).float())
+        return self._gate_table[1]
 
     def forward(
         self,
@@ -83,9 +102,8 @@ class Decoder(nn.Module):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S)."""
-        embedded = self.dropout(self.embed(tgt_in))  # (B, T, E)
         # unbind once: indexing [:, t] per step would make backward zero-fill (B, T, 4H) at every step
-        embed_gates = self.embed_gates(embedded).unbind(1)  # T x (B, 4H)
+        embed_gates = self.input_gates(tgt_in).unbind(1)  # T x (B, 4H)
         h, c, feed = list(state.h.unbind(0)), list(state.c.unbind(0)), state.feed
         outputs, attention = [], []
         for step_gates in embed_gates:

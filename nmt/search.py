@@ -189,13 +189,12 @@ def beam_search(
     device, K = src.device, beam_size
     source, state = model.encode(src, src_len)
     batch = src.size(0)
-    expand = torch.arange(batch, device=device).repeat_interleave(K)
-    source, state = source.index_select(expand), state.index_select(expand)
+    expand = torch.arange(batch, device=device).repeat_interleave(K)  # applied after the first step:
     limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()  # on the host: no sync per step
     lengths = src_len.to(device)[expand]  # (A*K,)
     scores = torch.full((batch, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
-    prev = torch.full((batch * K,), BOS, dtype=torch.long, device=device)
+    prev = torch.full((batch,), BOS, dtype=torch.long, device=device)  # the K empty hypotheses share one row
     history = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # tokens of each live hypothesis
     alignment = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # their most attended positions
     use_coverage = constraints.coverage_penalty != 0.0
@@ -205,6 +204,9 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
         log_probs, state, attention = model.step(prev, state, source)  # (A*K, V), (A*K, S)
+        if t == 0:
+            log_probs, attention = log_probs[expand], attention[expand]
+            source, state = source.index_select(expand), state.index_select(expand)
         at_limit = [limit == t for limit in limits for _ in range(K)]
         log_probs = _constrain(log_probs, t, at_limit, history, constraints)
         if use_coverage:

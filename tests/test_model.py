@@ -135,6 +135,27 @@ def test_step_agrees_with_teacher_forced_forward() -> None:
             torch.testing.assert_close(log_probs, expected[:, t], atol=1e-5, rtol=0)
 
 
+def test_search_gate_table_gives_the_same_logits_and_follows_weight_changes() -> None:
+    model = make_model()
+    generator = torch.Generator().manual_seed(3)
+    src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (4, 6)])
+    tgt_in = target_input([random_ids(generator, n, TGT_VOCAB) for n in (5, 2)])
+
+    def logits_with_and_without_table() -> tuple[torch.Tensor, torch.Tensor]:
+        computed = model(src, src_len, tgt_in)  # gradients on: W_e E y + b is computed
+        with torch.no_grad():
+            return computed.detach(), model(src, src_len, tgt_in)  # looked up in the table
+
+    computed, looked_up = logits_with_and_without_table()
+    torch.testing.assert_close(looked_up, computed, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # as an optimizer step or a checkpoint load would
+        model.decoder.embed_gates.weight.mul_(2.0)
+        model.decoder.embed.weight[EOS + 1].add_(1.0)
+    changed, looked_up = logits_with_and_without_table()
+    assert not torch.allclose(changed, computed)
+    torch.testing.assert_close(looked_up, changed, rtol=1e-5, atol=1e-6)
+
+
 def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
     """The decoder's layers as torch LSTMCells: the first one rebuilt from its split weights."""
     hidden = decoder.recurrent_gates.weight.size(0) // 4

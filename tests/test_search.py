@@ -186,7 +186,7 @@ def test_a_hypothesis_that_ends_early_is_kept_while_the_others_continue() -> Non
     (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=2)
 
     assert_hypotheses(hypotheses, [([], math.log(0.5), math.log(0.5)), ([A, A], math.log(0.144), math.log(0.144))])
-    assert model.step_rows == [2, 2, 2]
+    assert model.step_rows == [1, 2, 2]  # the empty hypotheses of the first step share one row
 
 
 def test_beam_search_returns_every_finished_hypothesis_up_to_nbest_ranked_by_score() -> None:
@@ -232,7 +232,7 @@ def test_beam_search_forces_eos_at_ratio_times_source_length_plus_offset() -> No
         assert sorted(second.tokens) == [A] * (limit - 1) + [B]
         assert second.log_prob == pytest.approx((limit - 1) * math.log(0.6) + math.log(0.3999 * 1e-4), rel=1e-6)
     # the shorter sentence leaves the batch after its limit step
-    assert model.step_rows == [4] * 5 + [2]
+    assert model.step_rows == [2] + [4] * 4 + [2]
 
 
 # A short hypothesis, B (0.6), against a long one, A x 9 (0.4): every other step is certain.
@@ -376,8 +376,10 @@ def test_beam_search_gives_each_sentence_the_same_result_batched_or_alone(beam_s
     batched_model = ScriptedModel(hashed_next_tokens)
     batched = beam(batched_model, batch, beam_size, nbest=beam_size, alpha=alpha, offset=2)
 
-    # sentences finished at different steps, so the batch shrank more than once
-    rows_per_sentence = [rows // beam_size for rows in batched_model.step_rows]
+    # one row per sentence at the first step, then sentences finished at different steps, so the
+    # batch shrank more than once
+    assert batched_model.step_rows[0] == len(batch[0])
+    rows_per_sentence = [rows // beam_size for rows in batched_model.step_rows[1:]]
     assert len(set(rows_per_sentence)) >= 3
     assert rows_per_sentence == sorted(rows_per_sentence, reverse=True)
     for row, hypotheses in enumerate(batched):
