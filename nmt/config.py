@@ -106,7 +106,8 @@ class TrainConfig:
     max_steps: int = 0  # updates; 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget for the training loop, summed over resumes; 0 = no limit
     log_every: int = 100  # steps
-    progress: bool = True  # a progress bar on stderr (only when stderr is a terminal)
+    progress: bool = True  # progress bars on stderr for BPE, training, validation (only when stderr is a terminal)
+    tensorboard: bool = False  # also write metrics.jsonl's scalars as TensorBoard events to <run>/tensorboard/
     valid_every: int = 0  # steps; 0 = at the end of each epoch
     valid_metric: str = "bleu"  # bleu (greedy-decoded validation set) | loss: selects best.pt, drives patience
     patience: int = 0  # early stopping after this many validations without improvement; 0 = off

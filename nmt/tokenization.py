@@ -9,7 +9,9 @@ each side's vocabulary as a list of pieces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
 
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -46,6 +48,22 @@ class MosesText:
         return self._detokenizer.detokenize(list(tokens))
 
 
+# Whether the BPE trainer draws its progress bar. The entry point decides (train.progress, a
+# terminal on stderr) and `learn_bpe` is reached through data preparation, so a context variable
+# carries the choice there instead of a flag threaded through every data function.
+_BPE_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("bpe_progress", default=False)
+
+
+@contextlib.contextmanager
+def bpe_progress(enabled: bool) -> Iterator[None]:
+    """Inside this block, BPE learning shows the `tokenizers` trainer's progress bar on stderr."""
+    token = _BPE_PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _BPE_PROGRESS.reset(token)
+
+
 def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
     """Learn BPE merges on Moses-tokenized lines; ids 0-3 are the special symbols."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK], end_of_word_suffix=END_OF_WORD))
@@ -56,7 +74,7 @@ def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequen
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         end_of_word_suffix=END_OF_WORD,
-        show_progress=False,
+        show_progress=_BPE_PROGRESS.get(),
     )
     tokenizer.train_from_iterator((" ".join(tokens) for tokens in tokenized_lines), trainer=trainer)
     for token_id, token in enumerate(SPECIAL_TOKENS):

@@ -12,7 +12,8 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from nmt.config import Config, ModelConfig, register_configs
 from nmt.data import prepare
 from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
+from nmt.tokenization import bpe_progress
 from nmt.trainer import Progress, Trainer
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,34 @@ def _format(record: dict[str, Any]) -> str:
     return " | ".join(
         f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items()
     )
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's SummaryWriter; asked for before any work, so a missing extra fails at once."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NmtError(
+            "train.tensorboard=true needs the tensorboard package: pip install nmt[tensorboard] "
+            "(or pip install tensorboard), or leave train.tensorboard=false"
+        ) from None
+    return SummaryWriter
+
+
+def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl record -> TensorBoard tags: valid_* and best_score under valid/, the rest
+    under train/; step is the x axis (TensorBoard records wall time itself), epoch and minutes are left out."""
+    scalars = {}
+    for key, value in record.items():
+        if key in ("step", "epoch", "minutes") or not isinstance(value, int | float):
+            continue
+        if key.startswith("valid_"):
+            scalars["valid/" + key.removeprefix("valid_")] = float(value)
+        elif key == "best_score":
+            scalars["valid/best_score"] = float(value)
+        else:
+            scalars["train/" + key] = float(value)
+    return scalars
 
 
 def training_summary(
@@ -107,6 +137,8 @@ def run(cfg: Config, out_dir: Path) -> float:
     """
     cfg = start_distributed(cfg)
     lead = not dist.is_initialized() or dist.get_rank() == 0
+    writer_class = summary_writer_class() if cfg.train.tensorboard and lead else None
+    bars = cfg.train.progress and lead  # tqdm bars also hide themselves when stderr is not a terminal
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
@@ -119,7 +151,8 @@ def run(cfg: Config, out_dir: Path) -> float:
             f"{resume}: trained with model config {state['model_config']}; resume with the same model "
             "settings, or start afresh with train.resume=none or another hydra.run.dir"
         )
-    data = prepare(cfg.data, checkpoint.pipelines(state) if state else None)
+    with bpe_progress(bars and sys.stderr.isatty()):
+        data = prepare(cfg.data, checkpoint.pipelines(state) if state else None)
     report = data.train_report
     log.info(
         "training pairs: %d kept; dropped %d with an empty side, %d over %d subwords, %d over length ratio %g",
@@ -135,6 +168,7 @@ def run(cfg: Config, out_dir: Path) -> float:
     metrics_path = out_dir / "metrics.jsonl"
 
     records: list[dict[str, Any]] = []
+    writer = writer_class(log_dir=str(out_dir / "tensorboard")) if writer_class else None
 
     def log_record(record: dict[str, Any]) -> None:
         records.append(record)
@@ -142,6 +176,10 @@ def run(cfg: Config, out_dir: Path) -> float:
             log.info(_format(record))
             with metrics_path.open("a") as file:
                 file.write(json.dumps(record) + "\n")
+        if writer:
+            for tag, value in tensorboard_scalars(record).items():
+                writer.add_scalar(tag, value, global_step=record["step"])
+            writer.flush()
 
     def save(name: str, state: dict[str, Any]) -> None:
         if not lead:
@@ -154,17 +192,23 @@ def run(cfg: Config, out_dir: Path) -> float:
             for old in kept[: -cfg.train.keep_last]:
                 old.unlink()
 
-    bar = tqdm(desc="training", unit="step", dynamic_ncols=True, disable=None if cfg.train.progress and lead else True)
+    bar = tqdm(desc="training", unit="step", dynamic_ncols=True, disable=None if bars else True)
+
+    def track(iterable: Iterable[Any], description: str, total: int) -> Iterable[Any]:
+        return tqdm(
+            iterable, desc=description, total=total, unit="batch", leave=False, dynamic_ncols=True,
+            disable=None if bars else True,
+        )  # fmt: skip
 
     def on_update(progress: Progress, nll: float, tokens: int) -> None:
         bar.set_postfix(epoch=progress.epoch, loss=f"{nll / max(tokens, 1):.3f}", refresh=False)
         bar.update()
 
-    trainer = Trainer(model, data, cfg, log_record, save, on_update)
+    trainer = Trainer(model, data, cfg, log_record, save, on_update, track)
     if state:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d (epoch %d)", resume, trainer.progress.step, trainer.progress.epoch)
-    with stop_on_signals(trainer), bar:
+    with stop_on_signals(trainer), bar, writer or contextlib.nullcontext():
         progress = trainer.fit()
     log.info(
         "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",

@@ -7,7 +7,8 @@ the epoch's batch plan, best score, patience). The batch plan of an epoch is a p
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
 is normalized by the target tokens of the whole update, so N ranks equal one process with
 N-fold accumulation. The trainer reports through `log(record)`, `save(name, state)` and
-`on_update(progress, nll, tokens)` callbacks from the entry point and never touches files itself.
+`on_update(progress, nll, tokens)` callbacks from the entry point and never touches files itself;
+`track(iterable, description, total)` lets the entry point wrap validation decoding in a progress bar.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,14 +65,26 @@ def validation_loss(model: Seq2Seq, corpus: EncodedCorpus, batch_tokens: int, pr
     return nll / max(tokens, 1)
 
 
+Track = Callable[[Iterable[Any], str, int], Iterable[Any]]  # (iterable, description, total) -> same items
+
+
+def untracked(iterable: Iterable[Any], description: str, total: int) -> Iterable[Any]:
+    return iterable
+
+
 @torch.no_grad()
 def greedy_translations(
-    model: Seq2Seq, corpus: EncodedCorpus, decode: Callable[[list[int]], str], batch_tokens: int
+    model: Seq2Seq,
+    corpus: EncodedCorpus,
+    decode: Callable[[list[int]], str],
+    batch_tokens: int,
+    track: Track = untracked,
 ) -> list[str]:
     lengths = np.array([len(ids) for ids in corpus.src_ids])
     out = [""] * len(corpus)
     greedy = DecodeConfig(beam_size=1, batch_tokens=batch_tokens)
-    for indices in length_batches(lengths, batch_tokens):
+    batches = length_batches(lengths, batch_tokens)
+    for indices in track(batches, "validation", len(batches)):
         for index, hyps in zip(indices, search(model, [corpus.src_ids[i] for i in indices], greedy)):
             out[index] = decode(hyps[0].tokens)
     return out
@@ -100,9 +113,10 @@ class Trainer:
         log: Callable[[dict[str, Any]], None],
         save: Callable[[str, dict[str, Any]], None],
         on_update: Callable[[Progress, float, int], None] = lambda progress, nll, tokens: None,
+        track: Track = untracked,
     ) -> None:
         self.module, self.data, self.cfg = model, data, cfg
-        self.log, self.save, self.on_update = log, save, on_update
+        self.log, self.save, self.on_update, self.track = log, save, on_update, track
         self.device = torch.device(cfg.train.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -151,9 +165,10 @@ class Trainer:
         if train.valid_metric == "bleu":
             with autocast(train.precision, self.device):
                 hypotheses = greedy_translations(
-                    self.module, self.data.val, self.data.tgt_pipeline.decode, train.batch_tokens
+                    self.module, self.data.val, self.data.tgt_pipeline.decode, train.batch_tokens, self.track
                 )
             record["valid_bleu"], _ = metrics.bleu(hypotheses, self.data.val.tgt_text)
+            record["valid_chrf"], _ = metrics.chrf(hypotheses, self.data.val.tgt_text)
         self.model.train()
         return record
 
@@ -171,7 +186,10 @@ class Trainer:
             self.scheduler.step(score)
         progress.validated_step = progress.step
         self.save("last.pt", self._checkpoint(valid=record, **self.state_dict()))
-        self.log({"step": progress.step, "epoch": progress.epoch, **record, "best_score": progress.best_score})
+        self.log({
+            "step": progress.step, "epoch": progress.epoch, "minutes": self.elapsed_minutes(),
+            **record, "best_score": progress.best_score,
+        })  # fmt: skip
 
     def update(self, batches: list[Batch]) -> tuple[float, float, int]:
         """One optimizer update over this rank's batches -> (summed NLL, gradient norm, target tokens)."""
@@ -249,7 +267,7 @@ class Trainer:
                 window_nll, window_tokens = window_nll + nll, window_tokens + tokens
                 if progress.step % train.log_every == 0:
                     self.log({
-                        "step": progress.step, "epoch": progress.epoch,
+                        "step": progress.step, "epoch": progress.epoch, "minutes": self.elapsed_minutes(),
                         "loss": window_nll / window_tokens, "ppl": math.exp(min(window_nll / window_tokens, 100.0)),
                         "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
                         "tgt_tokens_per_s": window_tokens * self.world / window_seconds,
