@@ -6,6 +6,10 @@ gives K lines "LINE_NUMBER ||| translation ||| score" (Moses n-best format, 0-ba
 Input is read and translated in chunks of --chunk-lines lines (sorted by length within a chunk,
 written back in input order), so memory stays bounded however long the input; progress goes
 to stderr and stdout holds exactly the translations. Several -m average the models' log-probs.
+With --alignments each translation is followed by a tab and its hard alignment, "i-j" pairs of
+0-based source and target subword positions (with --nbest K > 1, a fourth field "||| i-j ...");
+--attention-dir DIR writes the best translation's attention heatmap per input line to
+DIR/000001.png, DIR/000002.png, ... (1-based line numbers; none for a blank line).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO
 import torch
 
 from nmt import checkpoint
+from nmt.alignment import AttentionMap, attention_maps, format_alignment
 from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import NmtError, exit_on_user_error
@@ -60,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--chunk-lines", type=int, default=10000, help="lines read and translated at a time")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--alignments", action="store_true", help="append each translation's hard alignment (i-j subword pairs)"
+    )
+    parser.add_argument(
+        "--attention-dir", type=Path, metavar="DIR", help="write an attention heatmap PNG per input line to DIR"
+    )
     return parser.parse_args(argv)
 
 
@@ -114,14 +125,57 @@ def read_chunks(file: IO[bytes], label: str, size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def format_output(results: list[list[Translation]], nbest: int, first_line: int = 0) -> str:
+def format_output(
+    results: list[list[Translation]],
+    nbest: int,
+    first_line: int = 0,
+    alignments: list[list[AttentionMap | None]] | None = None,
+) -> str:
+    """The lines for stdout; with `alignments` (a map or None per hypothesis) each gets its alignment."""
+
+    def alignment(number: int, rank: int) -> str:
+        found = alignments[number][rank] if alignments is not None else None
+        return format_alignment(found.alignment()) if found is not None else ""
+
     if nbest == 1:
-        return "".join(f"{hyps[0].text}\n" for hyps in results)
+        if alignments is None:
+            return "".join(f"{hyps[0].text}\n" for hyps in results)
+        return "".join(f"{hyps[0].text}\t{alignment(k, 0)}\n" for k, hyps in enumerate(results))
     return "".join(
-        f"{number} ||| {hyp.text} ||| {hyp.score:.4f}\n"
-        for number, hyps in enumerate(results, start=first_line)
-        for hyp in hyps
+        f"{first_line + k} ||| {hyp.text} ||| {hyp.score:.4f}"
+        + (f" ||| {alignment(k, rank)}\n" if alignments is not None else "\n")
+        for k, hyps in enumerate(results)
+        for rank, hyp in enumerate(hyps)
     )
+
+
+def attention_of(
+    translator: Translator, lines: list[str], results: list[list[Translation]], ranks: int
+) -> list[list[AttentionMap | None]]:
+    """The attention maps of each line's first `ranks` translations (None for a blank line)."""
+    pairs = [(k, rank) for k, hyps in enumerate(results) for rank in range(min(ranks, len(hyps)))]
+    with translator.autocast():
+        maps = attention_maps(
+            translator.model, translator.src_pipeline, translator.tgt_pipeline,
+            [lines[k] for k, _ in pairs], [results[k][rank].tokens for k, rank in pairs], translator.cfg.batch_tokens,
+        )  # fmt: skip
+    out: list[list[AttentionMap | None]] = [[] for _ in results]
+    for (k, _), found in zip(pairs, maps):
+        out[k].append(found)
+    return out
+
+
+def write_heatmaps(folder: Path, maps: list[list[AttentionMap | None]], first_line: int) -> None:
+    """DIR/000001.png ... for the best translation of each non-blank line (1-based numbers)."""
+    from nmt.plot import attention_figure  # matplotlib only when heatmaps are asked for
+
+    for number, found in enumerate((line_maps[0] for line_maps in maps), start=first_line + 1):
+        if found is not None:
+            figure = attention_figure(found.weights, found.src_pieces, found.tgt_pieces, title=f"line {number}")
+            try:
+                figure.savefig(folder / f"{number:06d}.png")
+            except OSError as error:
+                raise NmtError(f"{folder}: cannot write heatmaps ({error})") from None
 
 
 def load_translator(args: argparse.Namespace) -> Translator:
@@ -161,12 +215,23 @@ def translate(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     label = "<stdin>" if args.input == "-" else args.input
+    if args.attention_dir:
+        try:
+            args.attention_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise NmtError(f"{args.attention_dir}: cannot create the --attention-dir folder ({error})") from None
     with open_input(args.input) as source:  # a missing input fails before the model loads
         translator = load_translator(args)
         with open_output(args.output) as output:
             start, done = time.monotonic(), 0
             for lines in read_chunks(source, label, args.chunk_lines):
-                output.write(format_output(translator.translate(lines), args.nbest, first_line=done))
+                results = translator.translate(lines)
+                maps = None
+                if args.alignments or args.attention_dir:
+                    maps = attention_of(translator, lines, results, args.nbest if args.alignments else 1)
+                if args.attention_dir:
+                    write_heatmaps(args.attention_dir, maps, first_line=done)
+                output.write(format_output(results, args.nbest, done, maps if args.alignments else None))
                 output.flush()
                 done += len(lines)
                 if not args.quiet:
