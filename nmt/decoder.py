@@ -84,13 +84,17 @@ class Decoder(nn.Module):
         return F.embedding(tokens, self.gate_table())
 
     def gate_table(self) -> torch.Tensor:
-        """W_e E + b for the whole vocabulary (V, 4H) in fp32, rebuilt whenever a weight it is
-        made of was replaced or changed in place (a checkpoint load, an optimizer step)."""
+        """W_e E + b for the whole vocabulary (V, 4H), rebuilt whenever a weight it is made of was
+        replaced or changed in place (a checkpoint load, an optimizer step) or autocast changed."""
+        device = self.embed.weight.device.type
         weights = (*self.embed.parameters(), *self.embed_gates.parameters())  # none if quantized
-        key = tuple((weight.data_ptr(), weight._version) for weight in weights)
+        key = (
+            torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device),
+            *((weight.data_ptr(), weight._version) for weight in weights),
+        )
         if self._gate_table is None or self._gate_table[0] != key:
-            with torch.no_grad(), torch.autocast(self.embed.weight.device.type, enabled=False):
-                self._gate_table = (key, self.embed_gates(self.embed.weight).float())
+            self._gate_table = (key, self.embed_gates(self.embed.weight))
         return self._gate_table[1]
 
     def forward(

@@ -154,6 +154,11 @@ def test_search_gate_table_gives_the_same_logits_and_follows_weight_changes() ->
     changed, looked_up = logits_with_and_without_table()
     assert not torch.allclose(changed, computed)
     torch.testing.assert_close(looked_up, changed, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        computed, looked_up = logits_with_and_without_table()
+        assert model.decoder.gate_table().dtype == torch.bfloat16  # as the products it replaces
+    assert model.decoder.gate_table().dtype == torch.float32
+    torch.testing.assert_close(looked_up, computed, rtol=1e-2, atol=1e-2)
 
 
 def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
