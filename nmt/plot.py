@@ -25,12 +25,12 @@ from nmt.errors import NmtError, exit_on_user_error
 from nmt.tokenization import END_OF_WORD
 from nmt.vocab import SPECIAL_TOKENS
 
-# figure name -> y-axis label, log scale, and the curves on it: (metrics.jsonl key, legend label)
-CURVES: dict[str, tuple[str, bool, list[tuple[str, str]]]] = {
-    "loss": ("loss (nats per target token)", False, [("loss", "training"), ("valid_loss", "validation")]),
-    "perplexity": ("perplexity", True, [("ppl", "training"), ("valid_ppl", "validation")]),
-    "bleu": ("score", False, [("valid_bleu", "validation BLEU"), ("valid_chrf", "validation chrF")]),
-    "lr": ("learning rate", False, [("lr", "learning rate")]),
+# file name -> title, y-axis label, log scale, and the curves: (metrics.jsonl key, legend label)
+CURVES: dict[str, tuple[str, str, bool, list[tuple[str, str]]]] = {
+    "loss": ("loss", "nats per target token", False, [("loss", "training"), ("valid_loss", "validation")]),
+    "perplexity": ("perplexity", "perplexity", True, [("ppl", "training"), ("valid_ppl", "validation")]),
+    "bleu": ("validation BLEU and chrF (greedy)", "score", False, [("valid_bleu", "BLEU"), ("valid_chrf", "chrF")]),
+    "lr": ("learning rate", "learning rate", False, [("lr", "learning rate")]),
 }
 
 
@@ -85,7 +85,7 @@ def curve_figures(records: Sequence[dict[str, Any]], title: str = "") -> dict[st
     history = resumed_history(records)
     timed = all("minutes" in record for record in history)
     figures = {}
-    for name, (ylabel, log_scale, curves) in CURVES.items():
+    for name, (heading, ylabel, log_scale, curves) in CURVES.items():
         present = [(key, label) for key, label in curves if any(key in record for record in history)]
         if not present:
             continue
@@ -102,7 +102,7 @@ def curve_figures(records: Sequence[dict[str, Any]], title: str = "") -> dict[st
             axis.grid(alpha=0.3)
             if len(present) > 1:
                 axis.legend()
-        figure.suptitle(f"{title}: {name}" if title else name)
+        figure.suptitle(f"{title}: {heading}" if title else heading)
         figures[name] = figure
     return figures
 
