@@ -83,9 +83,15 @@ class Decoder(nn.Module):
             return self.embed_gates(self.dropout(self.embed(tokens)))
         return F.embedding(tokens, self.gate_table())
 
+    def train(self, mode: bool = True) -> Decoder:
+        # fused optimizers change weights in place without bumping their versions, so the
+        # table cannot tell; training always happens between two mode changes
+        self._gate_table = None
+        return super().train(mode)
+
     def gate_table(self) -> torch.Tensor:
-        """W_e E + b for the whole vocabulary (V, 4H), rebuilt whenever a weight it is made of was
-        replaced or changed in place (a checkpoint load, an optimizer step) or autocast changed."""
+        """W_e E + b for the whole vocabulary (V, 4H), rebuilt after a mode change, and whenever a
+        weight it is made of was replaced or changed in place (a checkpoint load) or autocast changed."""
         device = self.embed.weight.device.type
         weights = (*self.embed.parameters(), *self.embed_gates.parameters())  # none if quantized
         key = (

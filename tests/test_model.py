@@ -161,6 +161,25 @@ def test_search_gate_table_gives_the_same_logits_and_follows_weight_changes() ->
     torch.testing.assert_close(looked_up, computed, rtol=1e-2, atol=1e-2)
 
 
+def test_search_gate_table_follows_a_fused_optimizer_step_between_validations() -> None:
+    model = make_model()
+    generator = torch.Generator().manual_seed(4)
+    src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (4, 6)])
+    tgt_in = target_input([random_ids(generator, n, TGT_VOCAB) for n in (5, 2)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)  # no version bumps
+
+    with torch.no_grad():
+        before = model(src, src_len, tgt_in)  # builds the table
+    model.train()
+    model(src, src_len, tgt_in).logsumexp(-1).sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        looked_up = model(src, src_len, tgt_in)
+    assert not torch.allclose(looked_up, before)
+    torch.testing.assert_close(looked_up, model(src, src_len, tgt_in).detach(), rtol=1e-5, atol=1e-6)
+
+
 def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
     """The decoder's layers as torch LSTMCells: the first one rebuilt from its split weights."""
     hidden = decoder.recurrent_gates.weight.size(0) // 4
