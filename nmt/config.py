@@ -46,6 +46,11 @@ class DataConfig:
     bpe_min_frequency: int = 2
     joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary)
     on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
+    bpe_sample_size: int = 1_000_000  # BPE is learned on at most this many training pairs (a seeded sample); 0 = all
+    bpe_sample_seed: int = 1
+    streaming: bool = False  # hub: stream the training split instead of downloading it (corpora beyond the disk)
+    cache_dir: str = ""  # prepared corpora (Arrow files) live here; "" = $NMT_CACHE, else ~/.cache/nmt
+    num_proc: int = 0  # processes preparing a corpus; 0 = one per CPU core (small corpora use one)
 
     def __post_init__(self) -> None:
         _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")
@@ -57,6 +62,9 @@ class DataConfig:
         _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
         _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
         _require(self.on_bad_line in ("error", "skip"), "data.on_bad_line", "error or skip")
+        _require(self.bpe_sample_size >= 0, "data.bpe_sample_size", ">= 0")
+        _require(not self.streaming or self.corpus == "hub", "data.streaming", "false unless data.corpus=hub")
+        _require(self.num_proc >= 0, "data.num_proc", ">= 0")
         for alias in ("train", "val"):
             _require(alias in self.splits, f"data.splits.{alias}", "set")
 

@@ -1,69 +1,95 @@
-"""Parallel corpora: reading, tokenization to ids, filtering, and token-budget batches.
+"""Parallel corpora: reading, encoded corpora over Arrow tables, filtering, and token-budget batches.
 
 A corpus comes from local files (plain or gzipped, one sentence per line), from the HF hub
-through `datasets`, or from the built-in synthetic generator; each becomes a `datasets.Dataset`
-with `src` and `tgt` columns, and is tokenized with `Dataset.map`.
+through `datasets` (downloaded, or streamed with data.streaming), or from the built-in synthetic
+generator. It is read lazily, a chunk of pairs at a time, so reading costs no memory in
+proportion to its size. `nmt.cache.prepare` encodes it into an `EncodedCorpus`: subword ids in
+an Arrow table (memory-mapped from the cache) and the lengths of its rows as numpy arrays.
 Batches hold at most `batch_tokens` padded tokens of the longer side, from examples of similar
 length, so padding stays small; their order is shuffled with a seeded generator each epoch.
+A batch plan is computed from the length arrays alone; a batch's ids are gathered from the
+table when the batch is made.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from nmt import synthetic
 from nmt.config import DataConfig
 from nmt.errors import NmtError
-from nmt.tokenization import MosesText, TextPipeline, build_pipelines
+from nmt.tokenization import TextPipeline
 from nmt.vocab import BOS, EOS, PAD, pad
 
 datasets.disable_progress_bars()
 
+CHUNK_PAIRS = 50_000  # pairs read, encoded and stored together: few Arrow chunks, bounded memory
 
-def read_lines(path: Path, on_bad_line: str = "error") -> list[str]:
-    """Lines of a UTF-8 text file (gzipped if it ends in .gz), split on "\\n" only.
+
+def iter_lines(path: Path, on_bad_line: str = "error") -> Iterator[str]:
+    """Lines of a UTF-8 text file (gzipped if it ends in .gz), split on "\\n" only, read lazily.
 
     A line that is not valid UTF-8 stops with an error naming it, or with on_bad_line="skip"
     reads as "", so the pair it belongs to is dropped like any pair with an empty side.
     """
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        file = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise NmtError(f"{path}: file not found") from None
-    except (OSError, EOFError) as error:
+    except OSError as error:
         raise NmtError(f"{path}: cannot read ({error})") from None
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    decoded = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            decoded.append(line.decode("utf-8").removesuffix("\r"))
-        except UnicodeDecodeError as error:
-            if on_bad_line == "skip":
-                decoded.append("")
-                continue
+    with file:
+        lines = enumerate(file, start=1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError) as error:  # a corrupt or truncated gzip stream
+                raise NmtError(f"{path}: cannot read ({error})") from None
+            try:
+                text = line.removesuffix(b"\n").decode("utf-8")
+            except UnicodeDecodeError as error:
+                if on_bad_line == "skip":
+                    yield ""
+                    continue
+                raise NmtError(
+                    f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8 "
+                    "or set data.on_bad_line=skip to drop such pairs"
+                ) from None
+            yield text.removesuffix("\r")
+
+
+def read_lines(path: Path, on_bad_line: str = "error") -> list[str]:
+    return list(iter_lines(path, on_bad_line))
+
+
+def iter_parallel(src_path: Path, tgt_path: Path, on_bad_line: str = "error") -> Iterator[tuple[str, str]]:
+    """Aligned (source, target) lines; files of different lengths are an error once the shorter ends."""
+    src, tgt = iter_lines(src_path, on_bad_line), iter_lines(tgt_path, on_bad_line)
+    for pairs, (src_line, tgt_line) in enumerate(itertools.zip_longest(src, tgt)):
+        if src_line is None or tgt_line is None:
+            rest = 1 + sum(1 for _ in (src if tgt_line is None else tgt))
+            src_count, tgt_count = (pairs + rest, pairs) if tgt_line is None else (pairs, pairs + rest)
             raise NmtError(
-                f"{path}:{number}: invalid UTF-8 at byte {error.start}; convert the file to UTF-8 "
-                "or set data.on_bad_line=skip to drop such pairs"
-            ) from None
-    return decoded
+                f"parallel files differ in length: {src_path} has {src_count} lines, "
+                f"{tgt_path} has {tgt_count}; they must be aligned line by line"
+            )
+        yield src_line, tgt_line
 
 
 def read_parallel(src_path: Path, tgt_path: Path, on_bad_line: str = "error") -> datasets.Dataset:
-    src, tgt = read_lines(src_path, on_bad_line), read_lines(tgt_path, on_bad_line)
-    if len(src) != len(tgt):
-        raise NmtError(
-            f"parallel files differ in length: {src_path} has {len(src)} lines, "
-            f"{tgt_path} has {len(tgt)}; they must be aligned line by line"
-        )
-    return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
+    pairs = list(iter_parallel(src_path, tgt_path, on_bad_line))
+    return datasets.Dataset.from_dict({"src": [s for s, _ in pairs], "tgt": [t for _, t in pairs]})
 
 
 def _corpus_file(directory: Path, prefix: str, lang: str) -> Path:
@@ -73,87 +99,207 @@ def _corpus_file(directory: Path, prefix: str, lang: str) -> Path:
     raise NmtError(f"{directory / f'{prefix}.{lang}'}[.gz]: file not found")
 
 
-def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
-    """The raw `src`/`tgt` pairs of a split alias (train, val, test) or, for files, a prefix."""
+def split_files(cfg: DataConfig, split: str) -> tuple[Path, Path]:
+    """The source and target files of a split alias or prefix of a `files` corpus."""
     name = cfg.splits.get(split, split)
+    directory = Path(cfg.dir)
+    return _corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang)
+
+
+def split_chunks(cfg: DataConfig, split: str, size: int = CHUNK_PAIRS) -> Iterator[dict[str, list[str]]]:
+    """The raw pairs of a split alias (train, val, test) or, for files, a prefix, read lazily:
+    {"src": [...], "tgt": [...]} with at most `size` pairs each."""
+    name = cfg.splits.get(split, split)
+    if cfg.corpus == "hub":
+        yield from _hub_chunks(cfg, name, size)
+        return
     if cfg.corpus == "synthetic":
         if name not in synthetic.SPLIT_STREAMS:
             raise NmtError(f"data: the synthetic corpus has splits {sorted(synthetic.SPLIT_STREAMS)}, not {split!r}")
         src, tgt = synthetic.generate_split(name, cfg.synthetic_train_pairs, cfg.synthetic_seed)
-        return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
-    if cfg.corpus == "files":
-        directory = Path(cfg.dir)
-        src_path, tgt_path = _corpus_file(directory, name, cfg.src_lang), _corpus_file(directory, name, cfg.tgt_lang)
-        return read_parallel(src_path, tgt_path, cfg.on_bad_line)
-    return _load_hub_split(cfg, name)
+        pairs: Iterator[tuple[str, str]] = zip(src, tgt)
+    else:
+        pairs = iter_parallel(*split_files(cfg, split), cfg.on_bad_line)
+    while chunk := list(itertools.islice(pairs, size)):
+        yield {"src": [src for src, _ in chunk], "tgt": [tgt for _, tgt in chunk]}
 
 
-def _load_hub_split(cfg: DataConfig, name: str) -> datasets.Dataset:
-    """A hub dataset with a `translation` column ({lang: text}) or one column per language."""
-    dataset = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, split=name)
-    if "translation" in dataset.column_names:
-        return dataset.map(
-            lambda batch: {
+def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
+    """The raw `src`/`tgt` pairs of a split, in memory: for test sets and other small splits."""
+    chunks = list(split_chunks(cfg, split))
+    return datasets.Dataset.from_dict(
+        {side: [line for chunk in chunks for line in chunk[side]] for side in ("src", "tgt")}
+    )
+
+
+def _hub_chunks(cfg: DataConfig, name: str, size: int) -> Iterator[dict[str, list[str]]]:
+    """A hub dataset with a `translation` column ({lang: text}) or one column per language,
+    through the datasets cache or, with data.streaming, over the network as it is read."""
+    where = f"hub dataset {cfg.hub_name!r} (config {cfg.hub_config or None!r}, split {name!r})"
+    advice = (
+        "check the name, config and split and the network connection (HF_HUB_OFFLINE=1 allows only data "
+        "already in the datasets cache), or download the corpus and use data=files"
+    )
+    try:
+        dataset = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, split=name, streaming=cfg.streaming)
+        batches = iter(dataset.iter(batch_size=size))
+    except Exception as error:  # datasets raises many types: no network, no such dataset, config or split
+        raise NmtError(f"{where}: cannot load it ({error}); {advice}") from None
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:  # a stream can fail half-way
+            raise NmtError(f"{where}: reading failed ({error}); {advice}") from None
+        if "translation" in batch:
+            first = batch["translation"][0] if batch["translation"] else {}
+            missing = {cfg.src_lang, cfg.tgt_lang} - set(first)
+            if missing:
+                raise NmtError(f"{where}: its translation column has no {sorted(missing)}; set data.src_lang/tgt_lang")
+            yield {
                 "src": [pair[cfg.src_lang] for pair in batch["translation"]],
                 "tgt": [pair[cfg.tgt_lang] for pair in batch["translation"]],
-            },
-            batched=True,
-            remove_columns=dataset.column_names,
-        )
-    missing = {cfg.src_lang, cfg.tgt_lang} - set(dataset.column_names)
-    if missing:
-        raise NmtError(f"hub dataset {cfg.hub_name}: no column for {sorted(missing)}")
-    return dataset.select_columns([cfg.src_lang, cfg.tgt_lang]).rename_columns(
-        {cfg.src_lang: "src", cfg.tgt_lang: "tgt"}
-    )
+            }
+            continue
+        missing = {cfg.src_lang, cfg.tgt_lang} - set(batch)
+        if missing:
+            raise NmtError(f"{where}: no column for {sorted(missing)}")
+        yield {"src": batch[cfg.src_lang], "tgt": batch[cfg.tgt_lang]}
 
 
-def tokenize(pairs: datasets.Dataset, src: MosesText, tgt: MosesText) -> datasets.Dataset:
-    """Add Moses-token columns `src_tokens` and `tgt_tokens`."""
-    return pairs.map(
-        lambda batch: {
-            "src_tokens": [src.tokenize(line) for line in batch["src"]],
-            "tgt_tokens": [tgt.tokenize(line) for line in batch["tgt"]],
-        },
-        batched=True,
-        new_fingerprint=f"moses-{src.lang}-{tgt.lang}-{pairs._fingerprint}",
-    )
+def _index_dtype(size: int) -> type[np.signedinteger]:
+    return np.int32 if size < 2**31 else np.int64
 
 
-@dataclass
-class EncodedCorpus:
-    """Subword ids of aligned sentences (no BOS/EOS), with the raw text they came from."""
+class IdColumn:
+    """One side's subword ids: an Arrow list column read through numpy views of its chunks
+    (zero-copy when the table is memory-mapped), and the lookup from stored to vocabulary ids."""
 
-    src_ids: list[np.ndarray]
-    tgt_ids: list[np.ndarray]
-    src_text: list[str]
-    tgt_text: list[str]
+    def __init__(self, column: pa.ChunkedArray, lookup: np.ndarray | None = None) -> None:
+        chunks = [chunk for chunk in column.chunks if len(chunk)]
+        self._offsets = [chunk.offsets.to_numpy() for chunk in chunks]  # (rows + 1,) into the chunk's values
+        self._values = [chunk.values.to_numpy() for chunk in chunks]
+        self._starts = np.cumsum([0, *(len(chunk) for chunk in chunks)])  # the first row of each chunk
+        self.lookup = lookup  # stored id -> vocabulary id; None: the stored ids are vocabulary ids
+
+    def lengths(self) -> np.ndarray:
+        """(rows,) int32: the number of ids in each row."""
+        if not self._offsets:
+            return np.zeros(0, dtype=np.int32)
+        return np.concatenate([np.diff(offsets) for offsets in self._offsets])
+
+    def row(self, row: int) -> np.ndarray:
+        chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
+        local, offsets = row - self._starts[chunk], self._offsets[chunk]
+        return self._vocabulary_ids(self._values[chunk][offsets[local] : offsets[local + 1]])
+
+    def fill(self, out: np.ndarray, rows: np.ndarray, first: int) -> None:
+        """Write the vocabulary ids of table row rows[i] into out[i, first : first + its length]."""
+        chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            mine = np.flatnonzero(chunk_of == chunk)
+            local = rows[mine] - self._starts[chunk]
+            begin = self._offsets[chunk][local].astype(np.int64)
+            length = self._offsets[chunk][local + 1] - begin
+            # each id's position inside its row: 0 .. length - 1, row after row
+            within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+            ids = self._values[chunk][np.repeat(begin, length) + within]
+            out[np.repeat(mine, length), first + within] = self._vocabulary_ids(ids)
+
+    def _vocabulary_ids(self, ids: np.ndarray) -> np.ndarray:
+        return (ids if self.lookup is None else self.lookup[ids]).astype(np.int64)
+
+
+class _Rows(Sequence[np.ndarray]):
+    """The vocabulary ids of a corpus's rows, read one at a time (for validation sets and tests)."""
+
+    def __init__(self, column: IdColumn, rows: np.ndarray) -> None:
+        self._column, self._rows = column, rows
 
     def __len__(self) -> int:
-        return len(self.src_ids)
+        return len(self._rows)
+
+    def __getitem__(self, index):  # noqa: ANN001, ANN204 - int or slice, as a Sequence takes
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._column.row(int(self._rows[index]))
+
+
+def _nothing() -> None:
+    pass
+
+
+class EncodedCorpus:
+    """Aligned subword-id sequences (no BOS/EOS) and their raw text: rows of an Arrow table.
+
+    `rows` are the table rows this corpus holds, so filtering selects rows and copies no ids;
+    `src_len` and `tgt_len` are their lengths, the only per-example data batch planning reads.
+    `release()` hands back the memory-mapped pages read so far (they stay in the page cache).
+    """
+
+    def __init__(
+        self,
+        src: IdColumn,
+        tgt: IdColumn,
+        text: pa.Table | None = None,
+        rows: np.ndarray | None = None,
+        lengths: tuple[np.ndarray, np.ndarray] | None = None,
+        release: Callable[[], None] = _nothing,
+    ) -> None:
+        self.src, self.tgt, self.text, self.release = src, tgt, text, release
+        self.src_len, self.tgt_len = lengths if lengths is not None else (src.lengths(), tgt.lengths())
+        size = len(self.src_len)
+        self.rows = np.arange(size, dtype=_index_dtype(size)) if rows is None else rows
+
+    @classmethod
+    def from_lists(
+        cls,
+        src_ids: Sequence[Sequence[int]],
+        tgt_ids: Sequence[Sequence[int]],
+        src_text: list[str] | None = None,
+        tgt_text: list[str] | None = None,
+    ) -> EncodedCorpus:
+        """An in-memory corpus of vocabulary ids (tests, small data)."""
+
+        def column(ids: Sequence[Sequence[int]]) -> pa.ChunkedArray:
+            offsets = np.concatenate([[0], np.cumsum([len(row) for row in ids], dtype=np.int64)]).astype(np.int32)
+            values = np.concatenate([np.asarray(row, dtype=np.int64) for row in ids]) if len(ids) else []
+            return pa.chunked_array([pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64()))])
+
+        text = None if src_text is None else pa.table({"src": src_text, "tgt": tgt_text})
+        return cls(IdColumn(column(src_ids)), IdColumn(column(tgt_ids)), text)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            np.fromiter((len(ids) for ids in self.src_ids), dtype=np.int64, count=len(self)),
-            np.fromiter((len(ids) for ids in self.tgt_ids), dtype=np.int64, count=len(self)),
-        )
+        return self.src_len, self.tgt_len
 
+    def select(self, positions: np.ndarray) -> EncodedCorpus:
+        lengths = (self.src_len[positions], self.tgt_len[positions])
+        return EncodedCorpus(self.src, self.tgt, self.text, self.rows[positions], lengths, self.release)
 
-def encode(tokenized: datasets.Dataset, src: TextPipeline, tgt: TextPipeline) -> EncodedCorpus:
-    def to_ids(batch: dict) -> dict:
-        return {
-            "src_ids": src.encode_tokens(batch["src_tokens"]),
-            "tgt_ids": tgt.encode_tokens(batch["tgt_tokens"]),
-        }
+    @property
+    def src_ids(self) -> Sequence[np.ndarray]:
+        return _Rows(self.src, self.rows)
 
-    encoded = tokenized.map(to_ids, batched=True, new_fingerprint=f"ids-{tokenized._fingerprint}")
-    encoded = encoded.with_format("numpy", columns=["src_ids", "tgt_ids"], output_all_columns=True)
-    return EncodedCorpus(
-        src_ids=[np.asarray(ids, dtype=np.int64) for ids in encoded["src_ids"]],
-        tgt_ids=[np.asarray(ids, dtype=np.int64) for ids in encoded["tgt_ids"]],
-        src_text=list(tokenized["src"]),
-        tgt_text=list(tokenized["tgt"]),
-    )
+    @property
+    def tgt_ids(self) -> Sequence[np.ndarray]:
+        return _Rows(self.tgt, self.rows)
+
+    @property
+    def src_text(self) -> list[str]:
+        return self._text("src")
+
+    @property
+    def tgt_text(self) -> list[str]:
+        return self._text("tgt")
+
+    def _text(self, side: str) -> list[str]:
+        if self.text is None:
+            raise NmtError("this corpus keeps no text: a streamed training split stores only subword ids")
+        return self.text.column(side).take(pa.array(self.rows)).to_pylist()
 
 
 @dataclass
@@ -172,13 +318,8 @@ def filter_pairs(corpus: EncodedCorpus, max_length: int, max_ratio: float) -> tu
     ratio = np.maximum(src_len, tgt_len) / np.maximum(np.minimum(src_len, tgt_len), 1)
     bad_ratio = ~empty & ~too_long & (ratio > max_ratio)
     keep = np.flatnonzero(~(empty | too_long | bad_ratio))
-    kept = EncodedCorpus(
-        src_ids=[corpus.src_ids[i] for i in keep],
-        tgt_ids=[corpus.tgt_ids[i] for i in keep],
-        src_text=[corpus.src_text[i] for i in keep],
-        tgt_text=[corpus.tgt_text[i] for i in keep],
-    )
-    return kept, FilterReport(len(keep), int(empty.sum()), int(too_long.sum()), int(bad_ratio.sum()))
+    report = FilterReport(len(keep), int(empty.sum()), int(too_long.sum()), int(bad_ratio.sum()))
+    return corpus.select(keep), report
 
 
 @dataclass
@@ -188,31 +329,10 @@ class PreparedData:
     src_pipeline: TextPipeline
     tgt_pipeline: TextPipeline
     train_report: FilterReport
-
-
-def prepare(cfg: DataConfig, pipelines: tuple[TextPipeline, TextPipeline] | None = None) -> PreparedData:
-    """Read train and val, learn BPE on train (unless `pipelines` are given), encode both, filter train."""
-    src_moses, tgt_moses = MosesText(cfg.src_lang), MosesText(cfg.tgt_lang)
-    train_tokens = tokenize(load_split(cfg, "train"), src_moses, tgt_moses)
-    val_tokens = tokenize(load_split(cfg, "val"), src_moses, tgt_moses)
-    src_pipeline, tgt_pipeline = pipelines or build_pipelines(
-        cfg.src_lang,
-        cfg.tgt_lang,
-        train_tokens["src_tokens"],
-        train_tokens["tgt_tokens"],
-        cfg.bpe_vocab_size,
-        cfg.bpe_min_frequency,
-        cfg.joint_bpe,
-    )
-    train, report = filter_pairs(encode(train_tokens, src_pipeline, tgt_pipeline), cfg.max_length, cfg.max_length_ratio)
-    if not len(train):
-        raise NmtError(
-            f"no training pairs left after filtering: {report.empty} had an empty side, "
-            f"{report.too_long} were over data.max_length={cfg.max_length} subwords, "
-            f"{report.bad_ratio} over data.max_length_ratio={cfg.max_length_ratio}"
-        )
-    val, _ = filter_pairs(encode(val_tokens, src_pipeline, tgt_pipeline), 10**9, float("inf"))
-    return PreparedData(train, val, src_pipeline, tgt_pipeline, report)
+    cache: Path | None = None  # the prepared-corpus folder the splits are read from
+    built: bool = False  # whether this preparation encoded the corpus, rather than reusing the cache
+    seconds: float = 0.0  # spent encoding (when built) or opening the cache
+    pairs: int = 0  # pairs in the train and val splits, before filtering
 
 
 @dataclass
@@ -250,6 +370,7 @@ def plan_batches(
     Examples are sorted by (target, source) length, ties broken at random, and cut greedily,
     so each batch holds examples of near-equal length; the batch order is then shuffled.
     A batch costs rows * max(longest source, longest target + 1), the +1 for BOS/EOS.
+    Everything is numpy over the length arrays: about a second for millions of examples.
     """
     cost = np.maximum(src_len, tgt_len + 1)
     if len(cost) and cost.max() > batch_tokens:
@@ -257,20 +378,36 @@ def plan_batches(
             f"a sentence of {int(cost.max())} tokens does not fit batch_tokens={batch_tokens}; "
             "raise batch_tokens or lower data.max_length"
         )
-    order = rng.permutation(len(cost))
+    order = rng.permutation(len(cost)).astype(_index_dtype(len(cost)))
+    if not len(order):
+        return []
     # target length first: the decoder's time loop is the expensive part, padding there costs most
-    order = order[np.lexsort((src_len[order], tgt_len[order]))]
-    batches, start, longest = [], 0, 0
-    for position, index in enumerate(order):
-        longest_with = max(longest, cost[index])
-        if longest_with * (position - start + 1) > batch_tokens:
-            batches.append(order[start:position])
-            start, longest_with = position, cost[index]
-        longest = longest_with
-    if start < len(order):
-        batches.append(order[start:])
+    order = order[np.argsort(_length_key(tgt_len[order], src_len[order]), kind="stable")]
+    batches = np.split(order, _greedy_cuts(cost[order], batch_tokens))
     rng.shuffle(batches)
     return batches
+
+
+def _length_key(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """One integer per example ordering like (major, minor); a stable sort on it equals
+    np.lexsort((minor, major)), and is a radix sort when the key fits 16 bits."""
+    width = int(minor.max()) + 1
+    top = (int(major.max()) + 1) * width
+    dtype = np.int16 if top < 2**15 else np.int32 if top < 2**31 else np.int64
+    return major.astype(dtype) * dtype(width) + minor.astype(dtype)
+
+
+def _greedy_cuts(cost: np.ndarray, budget: int) -> list[int]:
+    """Where examples in this order are cut into batches: a batch grows while its rows times
+    its largest cost stay within the budget."""
+    cuts, start = [], 0
+    while start < len(cost):
+        # rows * cost[start] <= budget bounds the batch, so the next example to look at is the last
+        window = cost[start : start + budget // int(cost[start]) + 1]
+        fits = np.maximum.accumulate(window) * np.arange(1, len(window) + 1) <= budget
+        start += len(window) if fits.all() else int(np.argmin(fits))
+        cuts.append(start)
+    return cuts[:-1]
 
 
 def epoch_batches(corpus: EncodedCorpus, batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -280,4 +417,18 @@ def epoch_batches(corpus: EncodedCorpus, batch_tokens: int, seed: int, epoch: in
 
 
 def make_batch(corpus: EncodedCorpus, indices: np.ndarray) -> Batch:
-    return collate([corpus.src_ids[i] for i in indices], [corpus.tgt_ids[i] for i in indices])
+    """The padded batch of examples `indices`, gathered from the table with numpy."""
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = corpus.rows[indices]
+    src_len, tgt_len = corpus.src_len[indices].astype(np.int64), corpus.tgt_len[indices].astype(np.int64)
+    src = np.full((len(rows), src_len.max(initial=0)), PAD, dtype=np.int64)
+    corpus.src.fill(src, rows, first=0)
+    tgt_in = np.full((len(rows), tgt_len.max(initial=0) + 1), PAD, dtype=np.int64)
+    corpus.tgt.fill(tgt_in, rows, first=1)
+    tgt_in[:, 0] = BOS
+    tgt_out = np.full_like(tgt_in, PAD)
+    tgt_out[:, :-1] = tgt_in[:, 1:]
+    tgt_out[np.arange(len(rows)), tgt_len] = EOS
+    # pages read from a memory-mapped table would otherwise add up to the whole corpus over an epoch
+    corpus.release()
+    return Batch(torch.from_numpy(src), torch.from_numpy(src_len), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out))

@@ -66,6 +66,12 @@ def bpe_progress(enabled: bool) -> Iterator[None]:
 
 def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
     """Learn BPE merges on Moses-tokenized lines; ids 0-3 are the special symbols."""
+    return learn_bpe_from_text((" ".join(tokens) for tokens in tokenized_lines), vocab_size, min_frequency)
+
+
+def learn_bpe_from_text(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """`learn_bpe` on lines of space-separated Moses tokens (Moses tokens never hold whitespace),
+    as the prepared-corpus cache stores them."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK], end_of_word_suffix=END_OF_WORD))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
@@ -76,7 +82,7 @@ def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequen
         end_of_word_suffix=END_OF_WORD,
         show_progress=_BPE_PROGRESS.get(),
     )
-    tokenizer.train_from_iterator((" ".join(tokens) for tokens in tokenized_lines), trainer=trainer)
+    tokenizer.train_from_iterator(lines, trainer=trainer)
     for token_id, token in enumerate(SPECIAL_TOKENS):
         assert tokenizer.token_to_id(token) == token_id, "BPE trainer must put specials first"
     return tokenizer

@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from nmt import checkpoint
+from nmt.cache import prepare
 from nmt.config import Config, ModelConfig, register_configs
-from nmt.data import prepare
 from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
 from nmt.tokenization import bpe_progress
@@ -152,7 +152,14 @@ def run(cfg: Config, out_dir: Path) -> float:
             "settings, or start afresh with train.resume=none or another hydra.run.dir"
         )
     with bpe_progress(bars and sys.stderr.isatty()):
+        if dist.is_initialized() and not lead:
+            dist.barrier()  # rank 0 prepares the corpus, or finds it in the cache; then the others open it
         data = prepare(cfg.data, checkpoint.pipelines(state) if state else None)
+        if dist.is_initialized() and lead:
+            dist.barrier()
+    log.info(
+        "data: %s %s in %.1f s (%d pairs)", "prepared" if data.built else "reused", data.cache, data.seconds, data.pairs
+    )
     report = data.train_report
     log.info(
         "training pairs: %d kept; dropped %d with an empty side, %d over %d subwords, %d over length ratio %g",

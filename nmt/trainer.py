@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -80,7 +79,7 @@ def greedy_translations(
     batch_tokens: int,
     track: Track = untracked,
 ) -> list[str]:
-    lengths = np.array([len(ids) for ids in corpus.src_ids])
+    lengths = corpus.src_len
     out = [""] * len(corpus)
     greedy = DecodeConfig(beam_size=1, batch_tokens=batch_tokens)
     batches = length_batches(lengths, batch_tokens)

@@ -20,8 +20,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from nmt.cache import prepare
 from nmt.config import Config, ModelConfig, register_configs
-from nmt.data import epoch_batches, make_batch, prepare
+from nmt.data import epoch_batches, make_batch
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.trainer import Trainer

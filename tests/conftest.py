@@ -1,7 +1,9 @@
-"""Shared fixtures: the Multi30k folder (tests skip without it) and one small trained model."""
+"""Shared fixtures: a session cache of prepared corpora, the Multi30k folder (tests skip without it),
+and one small trained model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,15 @@ from nmt.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Prepared corpora go to one fresh folder per session (training subprocesses inherit it), never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("corpus_cache")
+        patch.setenv("NMT_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nmt.cache import prepare
 from nmt.config import Config, DataConfig, TrainConfig
-from nmt.data import load_split, prepare
+from nmt.data import load_split
 from nmt.errors import NmtError
 from nmt.synthetic import generate_split
 from nmt.tokenization import MosesText, clean

@@ -3,17 +3,20 @@ from __future__ import annotations
 import gzip
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from nmt.cache import prepare
 from nmt.config import DataConfig
 from nmt.data import (
     EncodedCorpus,
+    IdColumn,
     collate,
     epoch_batches,
     filter_pairs,
     load_split,
+    make_batch,
     plan_batches,
-    prepare,
     read_lines,
     read_parallel,
 )
@@ -22,12 +25,30 @@ from nmt.vocab import BOS, EOS, PAD
 
 
 def corpus_of_lengths(src_len, tgt_len):
-    return EncodedCorpus(
+    return EncodedCorpus.from_lists(
         src_ids=[np.arange(4, 4 + n, dtype=np.int64) for n in src_len],
         tgt_ids=[np.arange(4, 4 + n, dtype=np.int64) for n in tgt_len],
         src_text=[f"s{i}" for i in range(len(src_len))],
         tgt_text=[f"t{i}" for i in range(len(tgt_len))],
     )
+
+
+def reference_plan(src_len, tgt_len, batch_tokens, rng):
+    """The batch planner as first written, one example at a time: what the numpy version must equal."""
+    cost = np.maximum(src_len, tgt_len + 1)
+    order = rng.permutation(len(cost))
+    order = order[np.lexsort((src_len[order], tgt_len[order]))]
+    batches, start, longest = [], 0, 0
+    for position, index in enumerate(order):
+        longest_with = max(longest, cost[index])
+        if longest_with * (position - start + 1) > batch_tokens:
+            batches.append(order[start:position])
+            start, longest_with = position, cost[index]
+        longest = longest_with
+    if start < len(order):
+        batches.append(order[start:])
+    rng.shuffle(batches)
+    return batches
 
 
 def random_lengths(seed, size=500, high=60):
@@ -64,6 +85,14 @@ def test_plan_fills_batches_greedily():
     tgt_len = np.full(100, 9)
     batches = plan_batches(src_len, tgt_len, 100, np.random.default_rng(0))
     assert sorted(len(b) for b in batches) == [10] * 10
+
+
+@pytest.mark.parametrize(("seed", "batch_tokens", "high"), [(0, 61, 60), (1, 400, 60), (2, 4000, 100), (3, 50, 3)])
+def test_numpy_plan_equals_the_one_example_at_a_time_reference(seed, batch_tokens, high):
+    src_len, tgt_len = random_lengths(seed, size=3000, high=high)
+    plan = plan_batches(src_len, tgt_len, batch_tokens, np.random.default_rng(seed))
+    reference = reference_plan(src_len, tgt_len, batch_tokens, np.random.default_rng(seed))
+    assert [batch.tolist() for batch in plan] == [batch.tolist() for batch in reference]
 
 
 def test_plan_of_no_examples_is_empty():
@@ -103,6 +132,40 @@ def test_collate_adds_bos_and_eos_and_pads():
     assert batch.tgt_in.tolist() == [[BOS, 9, PAD, PAD], [BOS, 10, 11, 12]]
     assert batch.tgt_out.tolist() == [[9, EOS, PAD, PAD], [10, 11, 12, EOS]]
     assert batch.target_tokens == 6
+
+
+def chunked_corpus(rows, chunk_sizes, lookup=None):
+    """A corpus whose id columns are split into Arrow chunks, as the cache's worker files make them."""
+
+    def column(side):
+        chunks, start = [], 0
+        for size in chunk_sizes:
+            part = [row[side] for row in rows[start : start + size]]
+            offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in part])]).astype(np.int32)
+            values = np.concatenate([np.zeros(0), *part]).astype(np.uint16)
+            chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+            start += size
+        return IdColumn(pa.chunked_array(chunks), lookup)
+
+    return EncodedCorpus(column(0), column(1))
+
+
+def test_make_batch_from_chunked_columns_equals_collate_of_the_same_rows():
+    rng = np.random.default_rng(6)
+    rows = [(rng.integers(4, 60, size=n), rng.integers(4, 60, size=m)) for n, m in rng.integers(1, 25, (200, 2))]
+    lookup = np.arange(60)[::-1].copy()  # stored id -> vocabulary id
+    corpus = chunked_corpus(rows, [70, 1, 0, 129], lookup)
+    assert corpus.src_len.tolist() == [len(src) for src, _ in rows]
+    for indices in (np.array([0]), np.array([199, 3, 70, 71, 69, 150]), rng.permutation(200)[:57]):
+        batch = make_batch(corpus, indices)
+        expected = collate([lookup[rows[i][0]] for i in indices], [lookup[rows[i][1]] for i in indices])
+        for name in ("src", "src_len", "tgt_in", "tgt_out"):
+            assert torch_equal(getattr(batch, name), getattr(expected, name)), name
+    assert corpus.tgt_ids[71].tolist() == lookup[rows[71][1]].tolist()
+
+
+def torch_equal(a, b):
+    return a.shape == b.shape and bool((a == b).all())
 
 
 def test_collate_on_random_lengths_keeps_ids_and_shapes():
@@ -179,6 +242,14 @@ def test_read_parallel_with_different_lengths_names_both_files_and_counts(tmp_pa
     assert f"{tmp_path / 'x.de'} has 2" in message
 
 
+@pytest.mark.parametrize(("src_lines", "tgt_lines"), [(3, 2), (2, 3), (1, 0), (0, 4)])
+def test_parallel_files_of_any_different_lengths_name_both_counts(tmp_path, src_lines, tgt_lines):
+    (tmp_path / "x.en").write_text("".join(f"s{i}\n" for i in range(src_lines)), encoding="utf-8")
+    (tmp_path / "x.de").write_text("".join(f"t{i}\n" for i in range(tgt_lines)), encoding="utf-8")
+    with pytest.raises(NmtError, match=f"x.en has {src_lines} lines, .*x.de has {tgt_lines};"):
+        read_parallel(tmp_path / "x.en", tmp_path / "x.de")
+
+
 def test_read_parallel_with_a_missing_file_names_it(tmp_path):
     (tmp_path / "x.en").write_text("a\n", encoding="utf-8")
     with pytest.raises(NmtError, match="x.de: file not found"):
@@ -249,9 +320,10 @@ def test_filter_pairs_counts_empty_too_long_and_bad_ratio():
     assert [len(ids) for ids in kept.tgt_ids] == [3, 3, 10]
 
 
-def test_prepare_synthetic_encodes_train_and_val():
+def test_prepare_synthetic_encodes_train_and_val(tmp_path):
     data = prepare(
-        DataConfig(corpus="synthetic", synthetic_train_pairs=500, bpe_vocab_size=300, src_lang="src", tgt_lang="tgt")
+        DataConfig(corpus="synthetic", synthetic_train_pairs=500, bpe_vocab_size=300, src_lang="src", tgt_lang="tgt"),
+        cache_dir=tmp_path,
     )
     assert data.src_pipeline.bpe is data.tgt_pipeline.bpe
     assert data.src_pipeline.vocab_size <= 300
@@ -262,6 +334,6 @@ def test_prepare_synthetic_encodes_train_and_val():
     assert len(data.val) == 500
     for corpus in (data.train, data.val):
         assert len(corpus.src_ids) == len(corpus.tgt_ids) == len(corpus.src_text) == len(corpus.tgt_text)
-        assert all(len(ids) > 0 and ids.dtype == np.int64 for ids in corpus.src_ids + corpus.tgt_ids)
+        assert all(len(ids) > 0 and ids.dtype == np.int64 for ids in [*corpus.src_ids, *corpus.tgt_ids])
     assert data.src_pipeline.decode(data.train.src_ids[0]) == data.train.src_text[0]
     assert data.tgt_pipeline.decode(data.val.tgt_ids[-1]) == data.val.tgt_text[-1]

@@ -15,7 +15,8 @@ from conftest import tiny_config
 
 from nmt import checkpoint
 from nmt.average import average
-from nmt.data import collate, epoch_batches, prepare
+from nmt.cache import prepare
+from nmt.data import collate, epoch_batches
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.schedule import exponential, inverse_sqrt

@@ -1,0 +1,279 @@
+"""The prepared-corpus cache: built once, reused, rebuilt when its inputs change, never trusted half-built;
+its batches equal those of a plain in-memory reference on the same data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from nmt import cache, checkpoint, encoding
+from nmt.cache import prepare
+from nmt.config import DataConfig
+from nmt.data import EncodedCorpus, collate, epoch_batches, filter_pairs, make_batch, read_parallel
+from nmt.errors import NmtError
+from nmt.model import Seq2Seq
+from nmt.synthetic import generate_split
+from nmt.tokenization import MosesText, learn_bpe_from_text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_split(folder: Path, split: str, src: list[str], tgt: list[str]) -> None:
+    for lang, lines in (("en", src), ("de", tgt)):
+        (folder / f"{split}.{lang}.gz").write_bytes(gzip.compress("".join(f"{line}\n" for line in lines).encode()))
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A small files corpus (the synthetic language pair) with an overlong and an empty pair."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    src, tgt = generate_split("train", 1200, 7)
+    src[5], tgt[9] = " ".join(["word"] * 60), ""
+    write_split(folder, "train", src, tgt)
+    write_split(folder, "valid", *generate_split("val", 1200, 7))
+    return folder
+
+
+def files_config(folder: Path, **overrides: object) -> DataConfig:
+    settings = {"bpe_vocab_size": 300, "max_length": 40, "splits": {"train": "train", "val": "valid"}, **overrides}
+    return DataConfig(corpus="files", dir=str(folder), **settings)
+
+
+def entries(root: Path) -> list[str]:
+    return sorted(path.name for path in root.iterdir())
+
+
+def test_second_preparation_reuses_the_entry_and_gives_the_same_data(corpus_dir, tmp_path):
+    cfg = files_config(corpus_dir)
+    first = prepare(cfg, cache_dir=tmp_path / "cache")
+    again = prepare(cfg, cache_dir=tmp_path / "cache")
+    assert first.built and not again.built
+    assert again.cache == first.cache and entries(tmp_path / "cache") == [first.cache.name]
+    assert again.src_pipeline.vocab.pieces == first.src_pipeline.vocab.pieces
+    assert [ids.tolist() for ids in again.train.tgt_ids] == [ids.tolist() for ids in first.train.tgt_ids]
+    meta = json.loads((first.cache / "meta.json").read_text())
+    assert meta["splits"]["train"]["pairs"] == 1200 and meta["pairs_per_second"] > 0
+
+
+def test_changing_bpe_size_or_data_rebuilds_while_length_filters_reuse(corpus_dir, tmp_path):
+    root = tmp_path / "cache"
+    base = prepare(files_config(corpus_dir), cache_dir=root)
+    bigger = prepare(files_config(corpus_dir, bpe_vocab_size=400), cache_dir=root)
+    assert bigger.built and bigger.cache != base.cache
+    assert base.src_pipeline.vocab_size < bigger.src_pipeline.vocab_size
+    looser = prepare(files_config(corpus_dir, max_length=1000, max_length_ratio=100.0), cache_dir=root)
+    assert not looser.built and looser.cache == base.cache
+    assert (looser.train_report.too_long, base.train_report.too_long) == (0, 1)
+    src, tgt = generate_split("train", 1000, 8)
+    write_split(corpus_dir, "train", src, tgt)
+    changed = prepare(files_config(corpus_dir), cache_dir=root)
+    assert changed.built and changed.cache not in (base.cache, bigger.cache)
+    assert changed.train.src_text[:3] == src[:3]
+    assert len(entries(root)) == 3
+
+
+def reference_corpus(cfg: DataConfig, split: str, pipelines) -> EncodedCorpus:
+    """The split encoded line by line in memory, through the same path as translation."""
+    pairs = read_parallel(corpus_file(cfg, split, cfg.src_lang), corpus_file(cfg, split, cfg.tgt_lang))
+    src_ids = pipelines[0].encode(pairs["src"])
+    tgt_ids = pipelines[1].encode(pairs["tgt"])
+    return EncodedCorpus.from_lists(src_ids, tgt_ids, pairs["src"], pairs["tgt"])
+
+
+def corpus_file(cfg: DataConfig, split: str, lang: str) -> Path:
+    return Path(cfg.dir) / f"{cfg.splits[split]}.{lang}.gz"
+
+
+def test_batches_from_the_cache_equal_those_of_an_in_memory_reference(corpus_dir, tmp_path):
+    cfg = files_config(corpus_dir)
+    data = prepare(cfg, cache_dir=tmp_path / "cache")
+    pipelines = (data.src_pipeline, data.tgt_pipeline)
+    reference, report = filter_pairs(reference_corpus(cfg, "train", pipelines), cfg.max_length, cfg.max_length_ratio)
+    assert report == data.train_report and (report.empty, report.too_long) == (1, 1)
+    assert data.train.src_text == reference.src_text
+    for epoch in (1, 2):
+        plan = epoch_batches(data.train, 700, seed=3, epoch=epoch)
+        assert [b.tolist() for b in plan] == [b.tolist() for b in epoch_batches(reference, 700, seed=3, epoch=epoch)]
+        for indices in plan:
+            batch = make_batch(data.train, indices)
+            expected = collate([reference.src_ids[i] for i in indices], [reference.tgt_ids[i] for i in indices])
+            for name in ("src", "src_len", "tgt_in", "tgt_out"):
+                assert getattr(batch, name).equal(getattr(expected, name)), name
+    val = reference_corpus(cfg, "val", pipelines)
+    assert [ids.tolist() for ids in data.val.src_ids] == [ids.tolist() for ids in val.src_ids]
+    assert data.val.tgt_text == val.tgt_text
+
+
+def test_worker_processes_write_the_same_entry_as_one_process(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(encoding, "PAIRS_PER_PROCESS", 300)
+    one = prepare(files_config(corpus_dir, joint_bpe=False, num_proc=1), cache_dir=tmp_path / "one")
+    two = prepare(files_config(corpus_dir, joint_bpe=False, num_proc=2), cache_dir=tmp_path / "two")
+    assert len(json.loads((two.cache / "meta.json").read_text())["splits"]["train"]["ids"]) == 2
+    assert two.cache.name == one.cache.name  # the number of processes is not part of the key
+    assert two.tgt_pipeline.vocab.pieces == one.tgt_pipeline.vocab.pieces
+    assert [ids.tolist() for ids in two.train.src_ids] == [ids.tolist() for ids in one.train.src_ids]
+    plan = epoch_batches(two.train, 500, seed=1, epoch=1)
+    assert all(make_batch(two.train, b).tgt_out.equal(make_batch(one.train, b).tgt_out) for b in plan)
+
+
+def test_a_failed_build_leaves_nothing_and_a_killed_one_is_cleaned_up(corpus_dir, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    cfg = files_config(corpus_dir)
+    name = cache.entry_name(cfg, cache.key_inputs(cfg))
+    root.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = root / f".build-{name}-{socket.gethostname()}-{dead.stdout.strip()}-x1"
+    (abandoned / "train").mkdir(parents=True)
+    alive = root / f".build-{name}-{socket.gethostname()}-{os.getpid()}-x2"
+    alive.mkdir()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encoding, "_vocabulary", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, cache_dir=root)
+    assert entries(root) == [alive.name]  # the dead process's leftover is gone, nothing half-built remains
+    monkeypatch.undo()
+    assert prepare(cfg, cache_dir=root).built and (root / name / "meta.json").exists()
+
+
+def test_an_entry_finished_first_by_another_process_is_used(corpus_dir, tmp_path):
+    cfg = files_config(corpus_dir)
+    theirs = prepare(cfg, cache_dir=tmp_path / "cache").cache
+    cache._build(theirs, cfg, cache.key_inputs(cfg), None)  # our build of the same entry loses the rename
+    assert entries(tmp_path / "cache") == [theirs.name]
+    assert prepare(cfg, cache_dir=tmp_path / "cache").train_report.kept == 1198
+
+
+def test_a_damaged_entry_says_what_to_do(corpus_dir, tmp_path):
+    cfg = files_config(corpus_dir)
+    entry = prepare(cfg, cache_dir=tmp_path / "cache").cache
+    (entry / "train" / "ids.arrow").unlink()
+    with pytest.raises(NmtError, match=rf"{entry.name}: this prepared corpus is damaged .*delete the folder"):
+        prepare(cfg, cache_dir=tmp_path / "cache")
+
+
+def test_an_unwritable_cache_dir_names_it(corpus_dir, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NmtError, match=r"file/cache: cannot keep prepared corpora there.*data.cache_dir"):
+        prepare(files_config(corpus_dir), cache_dir=tmp_path / "file" / "cache")
+
+
+def test_a_checkpoints_pipelines_reuse_the_entry_they_were_learned_with(corpus_dir, tmp_path):
+    cfg = files_config(corpus_dir)
+    data = prepare(cfg, cache_dir=tmp_path / "cache")
+    model = Seq2Seq(tiny_model(), data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
+    state = checkpoint.make(model, tiny_model(), cfg, data.src_pipeline, data.tgt_pipeline)
+    resumed = prepare(cfg, checkpoint.pipelines(state), cache_dir=tmp_path / "cache")
+    assert not resumed.built and resumed.cache == data.cache
+    other = prepare(files_config(corpus_dir, bpe_vocab_size=200, joint_bpe=False), cache_dir=tmp_path / "other")
+    given = (other.src_pipeline, other.tgt_pipeline)
+    encoded = prepare(cfg, given, cache_dir=tmp_path / "cache")
+    assert encoded.built and encoded.cache != data.cache and encoded.src_pipeline is other.src_pipeline
+    assert encoded.train.src_ids[0].tolist() == other.src_pipeline.encode([encoded.train.src_text[0]])[0]
+    assert encoded.tgt_pipeline.vocab_size == other.tgt_pipeline.vocab_size
+
+
+def tiny_model():
+    from nmt.config import ModelConfig
+
+    return ModelConfig(embed_size=8, hidden_size=8)
+
+
+def test_bpe_is_learned_on_a_bounded_seeded_sample(corpus_dir, tmp_path, monkeypatch):
+    tokens = datasets.Dataset.from_dict({"src_tok": [f"w{i}" for i in range(100)], "tgt_tok": ["x"] * 100})
+    sample = encoding._sample(tokens, 30, seed=4)
+    assert len(sample) == 30 and sample["src_tok"] == encoding._sample(tokens, 30, seed=4)["src_tok"]
+    assert sample["src_tok"] != encoding._sample(tokens, 30, seed=5)["src_tok"]
+    assert sorted(sample["src_tok"], key=lambda word: int(word[1:])) == sample["src_tok"]  # corpus order
+    assert len(encoding._sample(tokens, 0, seed=4)) == len(encoding._sample(tokens, 500, seed=4)) == 100
+    learned_on = []
+
+    def learn(lines, vocab_size, min_frequency):
+        learned_on.append(list(lines))
+        return learn_bpe_from_text(learned_on[-1], vocab_size, min_frequency)
+
+    monkeypatch.setattr(encoding, "learn_bpe_from_text", learn)
+    cfg = files_config(corpus_dir, bpe_sample_size=50, bpe_sample_seed=9)
+    prepare(cfg, cache_dir=tmp_path / "cache")
+    pairs = read_parallel(corpus_file(cfg, "train", "en"), corpus_file(cfg, "train", "de"))
+    chosen = np.sort(np.random.default_rng(9).choice(len(pairs), size=50, replace=False))
+    src, tgt = MosesText("en"), MosesText("de")
+    expected = [src.tokenize(pairs["src"][i]) for i in chosen] + [tgt.tokenize(pairs["tgt"][i]) for i in chosen]
+    assert learned_on == [[" ".join(tokens) for tokens in expected]]
+    prepare(files_config(corpus_dir), cache_dir=tmp_path / "cache")
+    assert len(learned_on[1]) == 2 * len(pairs)
+
+
+def write_hub_folder(folder: Path, train: tuple[list[str], list[str]], val: tuple[list[str], list[str]]) -> None:
+    """A dataset folder the way the hub serves one: jsonl files with a translation column."""
+    folder.mkdir()
+    for name, (src, tgt) in (("train", train), ("validation", val)):
+        rows = (json.dumps({"translation": {"en": s, "de": t}}) for s, t in zip(src, tgt))
+        (folder / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_a_streamed_hub_corpus_encodes_like_the_same_corpus_in_files(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    train, val = generate_split("train", 400, 3), generate_split("val", 400, 3)
+    write_hub_folder(tmp_path / "hub", train, val)
+    write_split(corpus_dir, "train", *train)
+    write_split(corpus_dir, "valid", *val)
+    files = prepare(files_config(corpus_dir), cache_dir=tmp_path / "cache")
+    hub = {"corpus": "hub", "hub_name": str(tmp_path / "hub"), "splits": {"train": "train", "val": "validation"}}
+    hub |= {"bpe_vocab_size": 300, "max_length": 40}
+    for streaming in (False, True):
+        data = prepare(DataConfig(**hub, streaming=streaming), cache_dir=tmp_path / "cache")
+        assert data.built and data.src_pipeline.vocab.pieces == files.src_pipeline.vocab.pieces
+        assert [ids.tolist() for ids in data.train.tgt_ids] == [ids.tolist() for ids in files.train.tgt_ids]
+        assert data.val.tgt_text == val[1]
+    assert not (data.cache / "train" / "text.arrow").exists()
+    with pytest.raises(NmtError, match="keeps no text"):
+        data.train.src_text  # noqa: B018 - the property is what is tested
+
+
+def test_a_hub_dataset_that_cannot_be_reached_says_what_to_do(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wmt14' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = DataConfig(corpus="hub", hub_name="wmt14", hub_config="de-en", streaming=True)
+    with pytest.raises(
+        NmtError, match=r"hub dataset 'wmt14' \(config 'de-en', split '\w+'\): cannot load it.*data=files"
+    ):
+        prepare(cfg, cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_empty_validation_split_prepares(corpus_dir, tmp_path):
+    (corpus_dir / "valid.en.gz").write_bytes(gzip.compress(b""))
+    (corpus_dir / "valid.de.gz").write_bytes(gzip.compress(b""))
+    data = prepare(files_config(corpus_dir), cache_dir=tmp_path)
+    assert len(data.val) == 0 and len(data.train) == 1198
+
+
+def test_prepare_command_builds_then_reuses(tmp_path):
+    command = [sys.executable, "-m", "nmt.prepare", "data.synthetic_train_pairs=500", f"data.cache_dir={tmp_path}"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=environment())
+    assert first.returncode == 0, first.stderr
+    assert "prepared 1,000 pairs" in first.stdout and "pairs/s" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=environment())
+    assert second.stdout.startswith("reused ") and str(tmp_path) in second.stdout
+    assert [path.name for path in tmp_path.iterdir()] == [
+        path.name for path in tmp_path.iterdir() if "synthetic" in path.name
+    ]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
