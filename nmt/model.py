@@ -55,17 +55,18 @@ class Seq2Seq(nn.Module):
         keys = self.decoder.attention.project_keys(encoded.memory)
         return EncodedSource(encoded.memory, keys, src != PAD), self.decoder.init_state(encoded)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.output(self.output_proj(hidden))
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.output(features)
 
     def forward(
         self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Teacher-forced logits: (B, T, V) for tgt_in (B, T), or (N, V) at the N positions where
-        the boolean (B, T) `positions` is True (training skips padding this way)."""
+        """Teacher-forced inputs of the output layer (`logits` turns them into scores, the loss
+        applies the layer itself): (B, T, E or H) for tgt_in (B, T), or (N, E or H) at the N
+        positions where the boolean (B, T) `positions` is True (training skips padding this way)."""
         source, state = self.encode(src, src_len)
         hidden, _, _ = self.decoder(tgt_in, state, source.memory, source.keys, source.mask)
-        return self.logits(hidden if positions is None else hidden[positions])
+        return self.output_proj(hidden if positions is None else hidden[positions])
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
@@ -74,5 +75,5 @@ class Seq2Seq(nn.Module):
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
         )
-        log_probs = F.log_softmax(self.logits(hidden.squeeze(1)).float(), dim=-1)
+        log_probs = F.log_softmax(self.logits(self.output_proj(hidden.squeeze(1))).float(), dim=-1)
         return log_probs, state, attention.squeeze(1)

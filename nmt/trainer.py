@@ -58,8 +58,8 @@ def validation_loss(model: Seq2Seq, corpus: EncodedCorpus, batch_tokens: int, pr
         batch = make_batch(corpus, indices).to(device)
         real = batch.tgt_out != PAD
         with autocast(precision, device):
-            logits = model(batch.src, batch.src_len, batch.tgt_in, real)
-        out = sequence_loss(logits, batch.tgt_out[real], label_smoothing=0.0)
+            features = model(batch.src, batch.src_len, batch.tgt_in, real)
+        out = sequence_loss(features, model.output, batch.tgt_out[real], label_smoothing=0.0)
         nll, tokens = nll + float(out.nll), tokens + out.tokens
     return nll / max(tokens, 1)
 
@@ -205,8 +205,8 @@ class Trainer:
             with sync:
                 real = batch.tgt_out != PAD
                 with autocast(train.precision, self.device):
-                    logits = self.model(batch.src, batch.src_len, batch.tgt_in, real)
-                out = sequence_loss(logits, batch.tgt_out[real], train.label_smoothing)
+                    features = self.model(batch.src, batch.src_len, batch.tgt_in, real)
+                out = sequence_loss(features, self.module.output, batch.tgt_out[real], train.label_smoothing)
                 self.scaler.scale(out.loss * (self.world / tokens)).backward()
             nll += out.nll.detach()
         self.scaler.unscale_(self.optimizer)

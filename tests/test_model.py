@@ -22,6 +22,10 @@ def make_model(seed: int = 0, **overrides: object) -> Seq2Seq:
     return Seq2Seq(ModelConfig(**settings), SRC_VOCAB, TGT_VOCAB).eval()
 
 
+def teacher_forced_logits(model: Seq2Seq, *inputs: torch.Tensor) -> torch.Tensor:
+    return model.logits(model(*inputs))
+
+
 def random_ids(generator: torch.Generator, length: int, vocab: int) -> list[int]:
     # real tokens only: ids from EOS + 1 up, so no PAD/BOS/EOS inside a sentence
     return torch.randint(EOS + 1, vocab, (length,), generator=generator).tolist()
@@ -60,7 +64,7 @@ def test_forward_gives_batch_time_vocab_logits(overrides: dict) -> None:
     src, src_len = source_batch([random_ids(generator, n, SRC_VOCAB) for n in (5, 3, 7)])
     tgt_in = target_input([random_ids(generator, n, TGT_VOCAB) for n in (4, 6, 2)])
 
-    logits = model(src, src_len, tgt_in)
+    logits = teacher_forced_logits(model, src, src_len, tgt_in)
 
     assert logits.shape == (3, 7, TGT_VOCAB)
     assert torch.isfinite(logits).all()
@@ -92,9 +96,9 @@ def test_padding_does_not_change_logits(attention: str) -> None:
     targets = [random_ids(generator, n, TGT_VOCAB) for n in (2, 4, 9)]
 
     with torch.no_grad():
-        batched = model(*source_batch(sources), target_input(targets))
+        batched = teacher_forced_logits(model, *source_batch(sources), target_input(targets))
         for row, (source, target) in enumerate(zip(sources, targets)):
-            alone = model(*source_batch([source]), target_input([target]))
+            alone = teacher_forced_logits(model, *source_batch([source]), target_input([target]))
             steps = len(target) + 1
             torch.testing.assert_close(batched[row, :steps], alone[0], atol=1e-5, rtol=0)
 
@@ -128,7 +132,7 @@ def test_step_agrees_with_teacher_forced_forward() -> None:
     tgt_in = target_input([random_ids(generator, 3, TGT_VOCAB) for _ in range(2)])
 
     with torch.no_grad():
-        expected = F.log_softmax(model(src, src_len, tgt_in), dim=-1)
+        expected = F.log_softmax(teacher_forced_logits(model, src, src_len, tgt_in), dim=-1)
         source, state = model.encode(src, src_len)
         for t in range(tgt_in.size(1)):
             log_probs, state, _ = model.step(tgt_in[:, t], state, source)
@@ -142,9 +146,9 @@ def test_search_gate_table_gives_the_same_logits_and_follows_weight_changes() ->
     tgt_in = target_input([random_ids(generator, n, TGT_VOCAB) for n in (5, 2)])
 
     def logits_with_and_without_table() -> tuple[torch.Tensor, torch.Tensor]:
-        computed = model(src, src_len, tgt_in)  # gradients on: W_e E y + b is computed
+        computed = teacher_forced_logits(model, src, src_len, tgt_in)  # gradients on: W_e E y + b is computed
         with torch.no_grad():
-            return computed.detach(), model(src, src_len, tgt_in)  # looked up in the table
+            return computed.detach(), teacher_forced_logits(model, src, src_len, tgt_in)  # looked up in the table
 
     computed, looked_up = logits_with_and_without_table()
     torch.testing.assert_close(looked_up, computed, rtol=1e-5, atol=1e-6)
@@ -169,15 +173,16 @@ def test_search_gate_table_follows_a_fused_optimizer_step_between_validations() 
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)  # no version bumps
 
     with torch.no_grad():
-        before = model(src, src_len, tgt_in)  # builds the table
+        before = teacher_forced_logits(model, src, src_len, tgt_in)  # builds the table
     model.train()
-    model(src, src_len, tgt_in).logsumexp(-1).sum().backward()
+    teacher_forced_logits(model, src, src_len, tgt_in).logsumexp(-1).sum().backward()
     optimizer.step()
     model.eval()
     with torch.no_grad():
-        looked_up = model(src, src_len, tgt_in)
+        looked_up = teacher_forced_logits(model, src, src_len, tgt_in)
     assert not torch.allclose(looked_up, before)
-    torch.testing.assert_close(looked_up, model(src, src_len, tgt_in).detach(), rtol=1e-5, atol=1e-6)
+    computed = teacher_forced_logits(model, src, src_len, tgt_in).detach()
+    torch.testing.assert_close(looked_up, computed, rtol=1e-5, atol=1e-6)
 
 
 def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
@@ -310,36 +315,44 @@ def test_decoder_state_index_select_reorders_batch_rows() -> None:
     assert torch.equal(picked.feed, feed[[1, 1, 2, 0]])
 
 
-def loss_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(8)
-    logits = torch.randn(3, 4, 7, generator=generator)
+def loss_inputs(bias: bool = True) -> tuple[torch.Tensor, torch.nn.Linear, torch.Tensor]:
+    """Output-layer inputs (3, 4, 5), the layer (5 -> 7) and targets (3, 4) with padding."""
+    torch.manual_seed(8)
+    hidden = torch.randn(3, 4, 5, requires_grad=True)
+    output = torch.nn.Linear(5, 7, bias=bias)
     target = torch.tensor([[4, 5, 6, EOS], [5, EOS, PAD, PAD], [EOS, PAD, PAD, PAD]])
-    return logits, target
+    return hidden, output, target
+
+
+def torch_loss(hidden: torch.Tensor, output: torch.nn.Linear, target: torch.Tensor, eps: float) -> torch.Tensor:
+    logits = output(hidden).flatten(0, 1)
+    return F.cross_entropy(logits, target.flatten(), ignore_index=PAD, label_smoothing=eps, reduction="sum")
 
 
 def test_loss_without_smoothing_is_summed_cross_entropy() -> None:
-    logits, target = loss_inputs()
-    out = sequence_loss(logits, target, label_smoothing=0.0)
+    hidden, output, target = loss_inputs()
+    out = sequence_loss(hidden, output, target, label_smoothing=0.0)
 
-    expected = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum")
+    expected = torch_loss(hidden, output, target, eps=0.0)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.nll, expected)
     assert out.tokens == 7
 
 
-def test_loss_ignores_whatever_logits_sit_at_padding() -> None:
-    logits, target = loss_inputs()
-    changed = logits.clone()
-    changed[target == PAD] = torch.randn(int((target == PAD).sum()), 7) * 50
+def test_loss_ignores_whatever_sits_at_padding() -> None:
+    hidden, output, target = loss_inputs()
+    changed = hidden.detach().clone()
+    changed[target == PAD] = torch.randn(int((target == PAD).sum()), 5) * 50
     for smoothing in (0.0, 0.2):
-        original, altered = sequence_loss(logits, target, smoothing), sequence_loss(changed, target, smoothing)
+        original = sequence_loss(hidden, output, target, smoothing)
+        altered = sequence_loss(changed, output, target, smoothing)
         torch.testing.assert_close(altered.loss, original.loss)
         torch.testing.assert_close(altered.nll, original.nll)
 
 
 def test_loss_of_an_all_padding_row_is_zero() -> None:
-    logits, target = loss_inputs()
-    out = sequence_loss(logits[:1], torch.full_like(target[:1], PAD), label_smoothing=0.1)
+    hidden, output, target = loss_inputs()
+    out = sequence_loss(hidden[:1], output, torch.full_like(target[:1], PAD), label_smoothing=0.1)
     assert out.loss.item() == 0.0
     assert out.nll.item() == 0.0
     assert out.tokens == 0
@@ -347,13 +360,47 @@ def test_loss_of_an_all_padding_row_is_zero() -> None:
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_label_smoothed_loss_matches_torch(eps: float) -> None:
-    logits, target = loss_inputs()
-    out = sequence_loss(logits, target, label_smoothing=eps)
+    hidden, output, target = loss_inputs()
+    out = sequence_loss(hidden, output, target, label_smoothing=eps)
 
-    flat_logits, flat_target = logits.flatten(0, 1), target.flatten()
-    expected = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD, label_smoothing=eps, reduction="sum")
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.loss, torch_loss(hidden, output, target, eps))
     # nll stays the unsmoothed likelihood, for perplexity
-    nll = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD, reduction="sum")
-    torch.testing.assert_close(out.nll, nll)
+    torch.testing.assert_close(out.nll, torch_loss(hidden, output, target, eps=0.0))
     assert out.tokens == 7
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 1024])
+def test_loss_gradients_taken_chunk_by_chunk_match_autograd(chunk_rows: int, bias: bool) -> None:
+    hidden, output, target = loss_inputs(bias)
+    (3.0 * torch_loss(hidden, output, target, eps=0.2)).backward()  # a scaled loss, as training takes it
+    expected = [tensor.grad.clone() for tensor in (hidden, *output.parameters())]
+    for tensor in (hidden, *output.parameters()):
+        tensor.grad = None
+
+    (3.0 * sequence_loss(hidden, output, target, 0.2, chunk_rows).loss).backward()
+
+    for tensor, grad in zip((hidden, *output.parameters()), expected):
+        torch.testing.assert_close(tensor.grad, grad)
+
+
+def test_loss_gradients_in_bf16_stay_close_to_fp32() -> None:
+    hidden, output, target = loss_inputs()
+    torch_loss(hidden, output, target, eps=0.1).backward()
+    expected = [tensor.grad.clone() for tensor in (hidden, output.weight)]
+    hidden.grad, output.weight.grad = None, None
+
+    half = hidden.detach().bfloat16().requires_grad_()
+    sequence_loss(half, output, target, 0.1, chunk_rows=4).loss.backward()
+
+    assert half.grad.dtype == torch.bfloat16 and output.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(half.grad.float(), expected[0], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(output.weight.grad, expected[1], atol=0.05, rtol=0.05)
+
+
+def test_loss_without_gradients_takes_none() -> None:
+    hidden, output, target = loss_inputs()
+    with torch.no_grad():
+        out = sequence_loss(hidden, output, target, label_smoothing=0.1)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, torch_loss(hidden, output, target, eps=0.1).detach())
