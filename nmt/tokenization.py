@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Iterable, Iterator, Sequence
 
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
@@ -37,12 +38,20 @@ class MosesText:
     def __init__(self, lang: str) -> None:
         self.lang = lang
         self._normalizer = MosesPunctNormalizer(lang=lang)
+        # MosesPunctNormalizer.normalize looks each of its ~45 patterns up in re's cache on every
+        # call; the same substitutions compiled once normalize about twice as fast
+        self._substitutions = [(re.compile(pattern), text) for pattern, text in self._normalizer.substitutions]
         self._tokenizer = MosesTokenizer(lang=lang)
         self._detokenizer = MosesDetokenizer(lang=lang)
 
+    def normalize(self, line: str) -> str:
+        """`MosesPunctNormalizer(lang).normalize` (its default options)."""
+        for pattern, replacement in self._substitutions:
+            line = pattern.sub(replacement, line)
+        return line.strip()
+
     def tokenize(self, line: str) -> list[str]:
-        normalized = self._normalizer.normalize(clean(line))
-        return self._tokenizer.tokenize(normalized, escape=False, aggressive_dash_splits=False)
+        return self._tokenizer.tokenize(self.normalize(clean(line)), escape=False, aggressive_dash_splits=False)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
         return self._detokenizer.detokenize(list(tokens))

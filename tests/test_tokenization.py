@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sacremoses import MosesPunctNormalizer
 from tokenizers import Tokenizer
 
 from nmt.data import read_lines
@@ -56,6 +57,23 @@ def test_multi30k_words_give_back_the_moses_tokens(multi30k, side):
         assert pipeline.words(ids) == pipeline.moses.tokenize(line), line
         checked += 1
     assert checked >= 0.99 * len(lines)
+
+
+PUNCTUATION_CASES = ["«Ja», sagt er.", "1,5 km", "a  -  b", "„Gut“ ...", "l’été , 3 000 ; (x)"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60) | st.sampled_from(PUNCTUATION_CASES))
+def test_precompiled_normalizer_equals_sacremoses(text):
+    for lang in ("en", "de", "fr"):
+        assert MosesText(lang).normalize(text) == MosesPunctNormalizer(lang=lang).normalize(text)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_precompiled_normalizer_equals_sacremoses_on_multi30k(multi30k, side):
+    lines, pipeline = multi30k[side]
+    ours, theirs = MosesText(pipeline.moses.lang), MosesPunctNormalizer(lang=pipeline.moses.lang)
+    assert [ours.normalize(line) for line in lines] == [theirs.normalize(line) for line in lines]
 
 
 @pytest.mark.parametrize("side", SIDES)
