@@ -220,7 +220,7 @@ class _Rows(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def __getitem__(self, index):  # noqa: ANN001, ANN204 - int or slice, as a Sequence takes
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return self._column.row(int(self._rows[index]))

@@ -277,3 +277,28 @@ def test_prepare_command_builds_then_reuses(tmp_path):
 
 def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_bench_data_prints_every_figure_for_each_size(multi30k_dir):
+    command = [
+        sys.executable,
+        "scripts/bench_data.py",
+        "--pairs",
+        "500",
+        "1200",
+        "--num-proc",
+        "1",
+        "train.batch_tokens=800",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [run["pairs"] for run in report["runs"]] == [500, 1200]
+    for run in report["runs"]:
+        assert run["prepare"]["built"] and not run["startup"]["built"] and not run["epoch"]["built"]
+        assert run["prepare"]["pairs"] == run["pairs"] + 1014  # Multi30k's validation split comes along
+        assert run["prepare"]["pairs_per_second"] > 0 and run["cache_mb"] > 0
+        assert run["startup"]["startup_seconds"] > 0 and run["epoch"]["plan_seconds"] >= 0
+        assert run["epoch"]["batches"] >= run["epoch"]["training_pairs"] * 5 // 800
+        assert all(run[phase]["peak_rss_mb"] > 0 for phase in ("prepare", "startup", "epoch"))
+    assert set(report["peak_rss_growth_mb"]) == {"prepare", "startup", "epoch"}
