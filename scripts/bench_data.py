@@ -6,7 +6,8 @@ training lines from ../shared/data/multi30k, repeated with cheap perturbations: 
 two words swapped, a word repeated, a word taken from another line), then runs three phases,
 each in a fresh process so that each peak RSS is its own:
     prepare   build the cache entry (normalize, Moses, BPE, ids) -> pairs/s, peak RSS of the
-              main process and of the largest worker
+              main process and of its largest child process (the datasets workers with
+              --num-proc > 1; a forked child's figure includes the pages it shares with its parent)
     startup   a second run with the same config: open the cache, build the model and optimizer
               (experiment=multi30k_ende), plan the first epoch and make its first batch
     epoch     open the cache, plan one epoch's batches and make every batch of it
@@ -106,7 +107,7 @@ def run_phase(phase: str, corpus: Path, cache: Path, num_proc: int, overrides: l
     result: dict = {"built": data.built, "pairs": data.pairs, "prepare_seconds": time.monotonic() - start}
     if phase == "prepare":
         result["pairs_per_second"] = data.pairs / result["prepare_seconds"]
-        result["peak_rss_workers_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
+        result["peak_rss_children_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
     elif phase == "startup":
         import torch
 

@@ -34,8 +34,10 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture
-def bpe_bars(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """The show_progress of every BPE trainer made while the test runs."""
+def bpe_bars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[bool]:
+    """The show_progress of every BPE trainer made while the test runs. The cache of prepared
+    corpora starts empty, so the run learns BPE instead of reusing a prepared corpus."""
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "corpus_cache"))
     seen: list[bool] = []
     real = trainers.BpeTrainer
 
