@@ -48,9 +48,9 @@ class DataConfig:
     on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
     bpe_sample_size: int = 1_000_000  # BPE is learned on at most this many training pairs (a seeded sample); 0 = all
     bpe_sample_seed: int = 1
-    streaming: bool = False  # hub: stream the training split instead of downloading it (corpora beyond the disk)
+    streaming: bool = False  # hub: read over the network while encoding; only training ids are stored (huge corpora)
     cache_dir: str = ""  # prepared corpora (Arrow files) live here; "" = $NMT_CACHE, else ~/.cache/nmt
-    num_proc: int = 0  # processes preparing a corpus; 0 = one per CPU core (small corpora use one)
+    num_proc: int = 0  # processes preparing a corpus; 0 = one per usable CPU (fewer for small corpora)
 
     def __post_init__(self) -> None:
         _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")

@@ -47,7 +47,7 @@ class EncodedSplits:
 
 def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] | None = None) -> EncodedSplits:
     """Encode the train and val splits into files under `work`, learning BPE unless `bpe` is given."""
-    procs = cfg.num_proc or os.cpu_count() or 1
+    procs = cfg.num_proc or _usable_cpus()
     moses = _Moses(cfg.src_lang, cfg.tgt_lang)
     tokens: dict[str, datasets.Dataset] = {}
     files: dict[str, dict[str, Any]] = {}
@@ -82,6 +82,11 @@ def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] 
         leftover.unlink()
     counts = [_piece_counts(ids["train"].data.column(f"{side}_ids"), model) for side, model in zip(("src", "tgt"), bpe)]
     return EncodedSplits(files, bpe, (_vocabulary(bpe[0], counts[0]), _vocabulary(bpe[1], counts[1])))
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on: a container's share, not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _tables(chunks: Iterable[dict[str, list[str]]], schema: pa.Schema) -> Iterator[pa.Table]:
