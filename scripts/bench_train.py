@@ -105,6 +105,7 @@ def main() -> None:
             counts["src_positions"] += tgt_tokens * batch.src.size(1)
     synchronize(trainer.device)
     seconds = time.perf_counter() - start
+    training_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the GEMM probes
     flops = training_flops(
         cfg.model, data.tgt_pipeline.vocab_size, counts["src"], counts["tgt"], counts["src_positions"]
     )
@@ -126,7 +127,7 @@ def main() -> None:
                 "mfu_vs_fp32_peak": achieved / fp32_peak,
                 "mfu_vs_bf16_peak": achieved / bf16_peak,
                 "data_wait_fraction": data_seconds / seconds,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": training_peak_rss_mb,
                 "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20
                 if trainer.device.type == "cuda"
                 else 0.0,
