@@ -507,7 +507,7 @@ def test_beam_log_probs_are_what_the_model_assigns_to_the_hypotheses() -> None:
             for hypothesis in hypotheses:
                 tgt_in = torch.tensor([[BOS, *hypothesis.tokens]])
                 tgt_out = torch.tensor([*hypothesis.tokens, EOS])
-                logits = model(*one_sentence(batch, row), tgt_in)
+                logits = model.logits(model(*one_sentence(batch, row), tgt_in))
                 log_prob = torch.log_softmax(logits[0], dim=-1).gather(1, tgt_out.unsqueeze(1)).sum()
                 assert hypothesis.log_prob == pytest.approx(float(log_prob), abs=1e-4)
 
