@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", default="-", help="where translations go (- = stdout)")
     parser.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size, help="1 = greedy search")
     parser.add_argument("--nbest", type=int, default=DEFAULTS.nbest, help="hypotheses printed per sentence")
-    parser.add_argument("--batch-tokens", type=int, default=DEFAULTS.batch_tokens, help="source tokens per batch")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=DEFAULTS.batch_tokens, help="padded source tokens x beam size per batch"
+    )
     parser.add_argument("--max-length-ratio", type=float, default=DEFAULTS.max_length_ratio)
     parser.add_argument("--max-length-offset", type=int, default=DEFAULTS.max_length_offset)
     parser.add_argument("--min-length", type=int, default=0, help="target subwords before EOS is allowed")

@@ -109,6 +109,11 @@ class Translator:
         self.options = options
         self.generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
 
+    @property
+    def rows_per_sentence(self) -> int:
+        """Beam search holds beam_size rows a sentence: batches shrink to match, so memory stays put."""
+        return 1 if self.options.sampling is not None else self.cfg.beam_size
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, next(self.model.parameters()).device)
 
@@ -119,7 +124,7 @@ class Translator:
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in lines]
         nonempty = np.flatnonzero(lengths > 0)
         with self.autocast():
-            for batch in length_batches(lengths[nonempty], self.cfg.batch_tokens):
+            for batch in length_batches(lengths[nonempty], self.cfg.batch_tokens // self.rows_per_sentence):
                 indices = nonempty[batch]
                 hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg, self.options, self.generator)
                 for index, hyps in zip(indices, hypotheses):

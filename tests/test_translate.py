@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_config
 
 from nmt import checkpoint, synthetic, translate
+from nmt import translator as translator_module
 from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble
 from nmt.errors import NmtError
@@ -63,6 +64,23 @@ def test_translations_do_not_depend_on_batching_or_order(
         for position, index in enumerate(order):
             assert_same_up_to_ties(shuffled[position], reference[index])
     assert all(len(hyps) == nbest for hyps in reference)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_batch_holds_batch_tokens_of_search_rows_whatever_the_beam(
+    restored: tuple, test_lines: list[str], beam_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[list] = []
+    search = translator_module.search
+    def recording_search(model: torch.nn.Module, ids: list, *rest: object) -> list:
+        batches.append(ids)
+        return search(model, ids, *rest)
+
+    monkeypatch.setattr(translator_module, "search", recording_search)
+    translator(restored, beam_size=beam_size, nbest=1, batch_tokens=200).translate(test_lines)
+
+    row_tokens = [len(ids) * beam_size * max(len(row) for row in ids) for ids in batches]
+    assert 100 < max(row_tokens) <= 200
 
 
 def test_an_ensemble_of_one_model_twice_is_that_model(restored: tuple, test_lines: list[str]) -> None:
