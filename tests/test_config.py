@@ -85,7 +85,8 @@ def test_experiment_multi30k_ende_selects_data_model_and_train():
     assert cfg.data.splits["test"] == "test_2016_flickr"
     assert cfg.data.bpe_vocab_size == 8000
     assert (cfg.model.embed_size, cfg.model.hidden_size, cfg.model.dropout) == (256, 512, 0.3)
-    assert (cfg.train.batch_tokens, cfg.train.lr, cfg.train.max_epochs) == (4000, 0.001, 20)
+    assert (cfg.train.batch_tokens, cfg.train.lr, cfg.train.max_epochs) == (4000, 0.001, 32)
+    assert (cfg.train.precision, cfg.train.schedule, cfg.train.max_minutes) == ("bf16", "plateau", 88)
 
 
 def test_evaluate_config_composes_with_a_checkpoint():

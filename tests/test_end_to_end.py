@@ -45,6 +45,20 @@ def test_default_recipe_reaches_high_bleu_on_a_reduced_budget(tmp_path):
     assert summary["best_checkpoint"].endswith("best.pt") and summary["parameters"] > 0
 
 
+@pytest.mark.parametrize(("experiment", "langs"), [("multi30k_ende", ("en", "de")), ("multi30k_deen", ("de", "en"))])
+def test_multi30k_experiments_compose_and_train_a_few_steps(experiment, langs, multi30k_dir, tmp_path):
+    # validation by loss: a greedy pass over the 1,014 validation sentences would dominate the test
+    overrides = [f"experiment={experiment}", f"data.dir={multi30k_dir}", "train.max_steps=3", "train.valid_metric=loss"]
+    cfg = compose_train(overrides)
+    assert (cfg.data.src_lang, cfg.data.tgt_lang) == langs and cfg.model.hidden_size == 512
+
+    train(cfg, tmp_path)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
 def test_translate_cli_file_and_stdin(trained_checkpoint, tmp_path):
     source, _ = generate_split("test", 3000, 1234)
     lines = [*source[:20], "", source[20]]
