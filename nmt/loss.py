@@ -32,7 +32,7 @@ class LossOutput(NamedTuple):
 
 class _OutputLayerCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, label_smoothing, chunk_rows):  # noqa: ANN001, ANN205
+    def forward(ctx, hidden, weight, bias, target, label_smoothing, chunk_rows):
         wants_grad = any(ctx.needs_input_grad[:3])
         dtype = hidden.dtype  # bf16 under autocast: the products run in it, gradients sum in fp32
         weight_c = weight.to(dtype)
@@ -65,7 +65,7 @@ class _OutputLayerCrossEntropy(torch.autograd.Function):
         return loss, nll
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_nll):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_loss, grad_nll):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_loss.to(torch.float32)
         return (

@@ -189,7 +189,7 @@ def beam_search(
     device, K = src.device, beam_size
     source, state = model.encode(src, src_len)
     batch = src.size(0)
-    expand = torch.arange(batch, device=device).repeat_interleave(K)  # applied after the first step:
+    expand = torch.arange(batch, device=device).repeat_interleave(K)  # K rows a sentence, from the first step's end
     limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()  # on the host: no sync per step
     lengths = src_len.to(device)[expand]  # (A*K,)
     scores = torch.full((batch, K), float("-inf"), device=device)
