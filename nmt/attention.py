@@ -7,7 +7,10 @@
     c_t = sum_s a_t(s) s
 
 The parts that depend on s only (W_a s, W_k s) are computed once per batch by
-`project_keys`; each decoder step then costs one batched product with the keys.
+`project_keys`; each decoder step then costs one batched product with the keys. Several
+queries may share one source (the hypotheses of a beam): they are read as consecutive groups
+of queries per source, so the encoder states are never copied per hypothesis, and each step
+reads them once per sentence rather than once per hypothesis.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ class Attention(nn.Module):
     def forward(
         self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, Q), keys (B, S, Q), memory (B, S, M), mask (B, S) True on real tokens
-        -> context (B, M), weights (B, S)."""
+        """query (B * G, Q), keys (B, S, Q), memory (B, S, M), mask (B, S) True on real tokens
+        -> context (B * G, M), weights (B * G, S); queries b * G .. b * G + G - 1 attend to source b."""
+        batch, length = mask.shape
+        grouped = query.view(batch, -1, query.size(1))  # (B, G, Q)
         if self.kind == "additive":
-            scores = self.v(torch.tanh(keys + self.query_proj(query).unsqueeze(1))).squeeze(2)
+            hidden = torch.tanh(keys.unsqueeze(1) + self.query_proj(grouped).unsqueeze(2))  # (B, G, S, Q)
+            scores = self.v(hidden).squeeze(3)
         else:
-            scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
-        scores = scores.masked_fill(~mask, float("-inf"))
+            scores = torch.bmm(keys, grouped.transpose(1, 2)).transpose(1, 2)  # (B, G, S)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(memory.dtype)
-        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
-        return context, weights
+        context = torch.bmm(weights, memory)  # (B, G, M)
+        return context.view(query.size(0), -1), weights.reshape(query.size(0), length)

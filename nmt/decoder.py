@@ -111,7 +111,8 @@ class Decoder(nn.Module):
         keys: torch.Tensor,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S)."""
+        """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S).
+        memory, keys and mask may hold one source per group of consecutive rows (see Attention)."""
         # unbind once: indexing [:, t] per step would make backward zero-fill (B, T, 4H) at every step
         embed_gates = self.input_gates(tgt_in).unbind(1)  # T x (B, 4H)
         h, c, feed = list(state.h.unbind(0)), list(state.c.unbind(0)), state.feed

@@ -53,7 +53,10 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
         encoded = self.encoder(src, src_len)
         keys = self.decoder.attention.project_keys(encoded.memory)
-        return EncodedSource(encoded.memory, keys, src != PAD), self.decoder.init_state(encoded)
+        # under autocast the keys come out in bf16 and the memory does not: cast it once here,
+        # not in every decoder step's product with the attention weights
+        memory = encoded.memory.to(keys.dtype)
+        return EncodedSource(memory, keys, src != PAD), self.decoder.init_state(encoded)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(features)
@@ -71,7 +74,8 @@ class Seq2Seq(nn.Module):
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S)."""
+        """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S).
+        `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam)."""
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
         )

@@ -2,7 +2,9 @@
 
 All take any model with `encode(src, src_len) -> (source, state)` and
 `step(prev_tokens, state, source) -> (log_probs, state, attention)`, where `source` and
-`state` reorder with `index_select`. Hypotheses are ranked by the GNMT score
+`state` reorder with `index_select`; beam search keeps one source per sentence for its K
+state rows (rows a * K .. a * K + K - 1 belong to sentence a), so `step` must accept a
+source per group of consecutive rows. Hypotheses are ranked by the GNMT score
 
     s(y | x) = log p(y | x) / lp(|y|) + cp(x, y)
     lp(n) = ((5 + n) / 6) ** alpha                      length penalty, |y| counting EOS
@@ -205,8 +207,7 @@ def beam_search(
     for t in range(max(limits) + 1):
         log_probs, state, attention = model.step(prev, state, source)  # (A*K, V), (A*K, S)
         if t == 0:
-            log_probs, attention = log_probs[expand], attention[expand]
-            source, state = source.index_select(expand), state.index_select(expand)
+            log_probs, attention, state = log_probs[expand], attention[expand], state.index_select(expand)
         at_limit = [limit == t for limit in limits for _ in range(K)]
         log_probs = _constrain(log_probs, t, at_limit, history, constraints)
         if use_coverage:
@@ -245,7 +246,7 @@ def beam_search(
         alignment = torch.cat([alignment[rows], attention.argmax(dim=1, keepdim=True)[rows]], dim=1)
         coverage = coverage[rows]
         if keep.numel() < num_active:
-            source = source.index_select((keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1))
+            source = source.index_select(keep)
             kept = keep.tolist()
             active, limits = [active[i] for i in kept], [limits[i] for i in kept]
             num_finished, lengths = num_finished[keep], lengths[rows]

@@ -55,8 +55,7 @@ def naive_beam_search(model: torch.nn.Module, ids: list[int], cfg: DecodeConfig)
     finished: list[Hypothesis] = []
     for t in range(limit + 1):
         prev = torch.tensor([tokens[-1] if tokens else BOS for tokens, _ in beams])
-        copies = source.index_select(torch.zeros(len(beams), dtype=torch.long))  # one per beam
-        log_probs, state, _ = model.step(prev, state, copies)
+        log_probs, state, _ = model.step(prev, state, source)  # every beam attends to the one source
         if t == limit:
             log_probs = torch.where(torch.arange(log_probs.size(1)) == EOS, log_probs, float("-inf"))
         values, tokens = log_probs.topk(min(2 * K, log_probs.size(1)), dim=1)

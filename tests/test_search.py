@@ -73,7 +73,8 @@ class ScriptedModel:
         fed = torch.cat([state.fed, prev_tokens.unsqueeze(1)], dim=1)
         rows = []
         attention = torch.zeros(fed.size(0), source.src.size(1))
-        for row, (src_row, fed_row) in enumerate(zip(source.src.tolist(), fed.tolist())):
+        per_row = source.src.repeat_interleave(fed.size(0) // source.src.size(0), dim=0)  # beams share a source
+        for row, (src_row, fed_row) in enumerate(zip(per_row.tolist(), fed.tolist())):
             assert fed_row[0] == BOS
             sentence = tuple(token for token in src_row if token != PAD)
             log_probs = [-math.inf] * self.vocab_size
