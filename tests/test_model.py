@@ -282,6 +282,18 @@ def test_dot_attention_is_a_softmax_weighted_sum() -> None:
         torch.testing.assert_close(context[row], expected_weights @ real)
 
 
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_grouped_queries_attend_as_if_each_had_its_own_copy_of_the_source(kind: str) -> None:
+    attention, _, keys, memory, mask = attention_inputs(kind)
+    queries = torch.randn(3 * 4, 8)  # four hypotheses of each of the three sentences, sentence by sentence
+    copies = torch.arange(3).repeat_interleave(4)
+    with torch.no_grad():
+        grouped = attention(queries, keys, memory, mask)
+        copied = attention(queries, keys[copies], memory[copies], mask[copies])
+
+    torch.testing.assert_close(grouped, copied)
+
+
 def test_dot_attention_requires_equal_sizes() -> None:
     with pytest.raises(ValueError, match="equal sizes"):
         Attention("dot", 8, 6)
