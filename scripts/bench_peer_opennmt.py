@@ -25,6 +25,7 @@ import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -108,13 +109,17 @@ def run(command: list, log: Path, timeout: float | None = None, env: dict | None
     """Run to the end (or stop it after timeout seconds) with its output in log -> its peak RSS, MB."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            [str(part) for part in command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group, so that stopping it stops its data workers too
         )
         deadline = time.monotonic() + timeout if timeout else None
         while deadline and process.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
         if process.returncode is None and deadline:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
         _, status, usage = os.wait4(process.pid, 0)
     if status and not deadline:
         raise SystemExit(f"{command[0]} failed; see {log}")
