@@ -37,6 +37,8 @@ from omegaconf import OmegaConf
 from nmt import metrics
 from nmt.cache import prepare
 from nmt.config import Config, DecodeConfig, register_configs
+from nmt.data import PreparedData
+from nmt.tokenization import TextPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 # OpenNMT-py pins torch < 2.3, so it goes in without its requirements; these are the ones it
@@ -48,8 +50,8 @@ SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 REPORT = re.compile(r"Step (\d+)/.*?; (\d+)/(\d+) tok/s;")
 
 
-def reference_config(work: Path, minutes: float) -> str:
-    """OpenNMT-py's YAML for the reference architecture; training stops by time, not steps."""
+def reference_config(work: Path) -> str:
+    """OpenNMT-py's YAML for the reference architecture; training stops by time (the caller), not steps."""
     return f"""\
 save_data: {work}
 src_vocab: {work}/vocab.src
@@ -87,13 +89,11 @@ keep_checkpoint: 1
 report_every: 10
 save_model: {work}/model
 seed: 1
-# {minutes} minutes of wall time, enforced by the caller
 """
 
 
-def export_subwords(cfg: Config, work: Path) -> None:
+def export_subwords(cfg: Config, data: PreparedData, work: Path) -> None:
     """Each split as space-separated BPE pieces, exactly as our training sees them."""
-    data = prepare(cfg.data)
     for name, split in SPLITS.items():
         for side, lang, pipeline in (
             ("src", cfg.data.src_lang, data.src_pipeline),
@@ -143,7 +143,7 @@ def train(venv: Path, work: Path, minutes: float) -> dict:
     }
 
 
-def translate(venv: Path, work: Path, batch: list[str], references: list[str], cfg: Config) -> dict:
+def translate(venv: Path, work: Path, batch: list[str], references: list[str], pipeline: TextPipeline) -> dict:
     """Beam 5 over the test set from the last checkpoint; its output detokenized as ours is."""
     checkpoints = sorted(work.glob("model_step_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[1]))
     output, log = work / "test.hyp", work / "translate.log"
@@ -154,7 +154,6 @@ def translate(venv: Path, work: Path, batch: list[str], references: list[str], c
     rss = run(command, log, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     wall = time.perf_counter() - start
     seconds = float(re.findall(r"Total translation time \(s\): ([\d.]+)", log.read_text())[-1])
-    pipeline = prepare(cfg.data).tgt_pipeline
     hypotheses = [
         pipeline.moses.detokenize(pipeline.words(pipeline.vocab.ids(line.split())))
         for line in output.read_text(encoding="utf-8").splitlines()
@@ -184,15 +183,16 @@ def main() -> None:
         subprocess.run([*pip, "--no-deps", "OpenNMT-py==3.5.1"], check=True)
         subprocess.run([*pip, *REQUIREMENTS], check=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    export_subwords(cfg, args.work)
-    (args.work / "onmt.yaml").write_text(reference_config(args.work.resolve(), args.minutes))
+    data = prepare(cfg.data)
+    export_subwords(cfg, data, args.work)
+    (args.work / "onmt.yaml").write_text(reference_config(args.work.resolve()))
     with gzip.open(Path(cfg.data.dir) / f"{SPLITS['test']}.{cfg.data.tgt_lang}.gz", "rt", encoding="utf-8") as file:
         references = file.read().splitlines()
     result = {"peer": "OpenNMT-py 3.5.1", **train(args.venv, args.work, args.minutes)}
     # its default batch (30 sentences), and batches of as many source tokens as nmt-translate's
     # (4,000 search rows x length at beam 5)
     batches = ([], ["-batch_type", "tokens", "-batch_size", str(DecodeConfig().batch_tokens // 5)])
-    result["translate"] = [translate(args.venv, args.work, batch, references, cfg) for batch in batches]
+    result["translate"] = [translate(args.venv, args.work, batch, references, data.tgt_pipeline) for batch in batches]
     print(json.dumps(result))
 
 
