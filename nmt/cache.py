@@ -56,7 +56,7 @@ from nmt.errors import NmtError
 from nmt.tokenization import TextPipeline
 from nmt.vocab import Vocabulary
 
-FORMAT_VERSION = 1  # bump when what an entry stores, or how text becomes ids, changes
+FORMAT_VERSION = 2  # bump when what an entry stores, or how text becomes ids, changes
 Pipelines = tuple[TextPipeline, TextPipeline]
 
 

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from nmt.config import DataConfig
 from nmt.data import CHUNK_PAIRS, split_chunks
 from nmt.tokenization import MosesText, learn_bpe_from_text
-from nmt.vocab import SPECIAL_TOKENS, Vocabulary
+from nmt.vocab import Vocabulary
 
 SPLITS = ("train", "val")
 PAIRS_PER_PROCESS = 20_000  # below this many pairs per worker, starting workers costs more than it saves
@@ -250,7 +250,4 @@ def _piece_counts(column: pa.ChunkedArray, bpe: Tokenizer) -> np.ndarray:
 def _vocabulary(bpe: Tokenizer, counts: np.ndarray) -> Vocabulary:
     """The pieces of a side's training text, most frequent first, ties alphabetical: what
     `Vocabulary.build` makes of the segmented text, here from counts of BPE-model ids."""
-    pieces = {bpe.id_to_token(int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
-    for special in SPECIAL_TOKENS:
-        pieces.pop(special, None)
-    return Vocabulary([*SPECIAL_TOKENS, *sorted(pieces, key=lambda piece: (-pieces[piece], piece))])
+    return Vocabulary.from_counts({bpe.id_to_token(int(i)): int(counts[i]) for i in np.flatnonzero(counts)})

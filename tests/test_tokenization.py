@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from nmt.data import read_lines
 from nmt.synthetic import generate_split
 from nmt.tokenization import END_OF_WORD, MosesText, TextPipeline, build_pipelines
-from nmt.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, Vocabulary
+from nmt.vocab import BOS, EOS, FILLER, PAD, SIZE_MULTIPLE, SPECIAL_TOKENS, UNK, Vocabulary
 
 MULTI30K_LINES = 2000
 
@@ -19,6 +19,9 @@ def learn_pipelines(src_lines, tgt_lines, src_lang, tgt_lang, vocab_size, joint=
     src_tokens = [src_moses.tokenize(line) for line in src_lines]
     tgt_tokens = [tgt_moses.tokenize(line) for line in tgt_lines]
     return build_pipelines(src_lang, tgt_lang, src_tokens, tgt_tokens, vocab_size, 2, joint)
+
+
+FILLERS = {FILLER.format(i) for i in range(SIZE_MULTIPLE)}
 
 
 def reloaded(pipeline, lang):
@@ -136,6 +139,17 @@ def test_synthetic_special_ids_and_saved_pipeline_round_trip(synthetic_lines, sy
         assert [restored.decode(ids) for ids in restored.encode(lines[:20])] == lines[:20]
 
 
+def test_vocabulary_sizes_are_a_multiple_of_8_filled_with_pieces_no_text_produces(synthetic_lines, synthetic_pipelines):
+    for lines, pipeline in zip(synthetic_lines, synthetic_pipelines):
+        assert pipeline.vocab_size % SIZE_MULTIPLE == 0
+        fillers = {i for i, piece in enumerate(pipeline.vocab.pieces) if piece in FILLERS}
+        assert fillers == set(range(pipeline.vocab_size - len(fillers), pipeline.vocab_size))
+        assert not fillers & {i for ids in pipeline.encode(lines) for i in ids}
+    counts = {"a": 3, "b": 1, "c": 2, "<unk>": 9}
+    assert Vocabulary.from_counts(counts).pieces == [*SPECIAL_TOKENS, "a", "c", "b", FILLER.format(0)]
+    assert Vocabulary.from_counts(counts, min_count=2).pieces[4:] == ["a", "c", FILLER.format(0), FILLER.format(1)]
+
+
 def test_decode_skips_pad_bos_and_eos(synthetic_pipelines):
     pipeline, _ = synthetic_pipelines
     ids = pipeline.encode(["The cat sleeps."])[0]
@@ -184,7 +198,7 @@ def test_joint_bpe_shares_the_merges_but_keeps_each_sides_pieces(synthetic_pipel
     assert src_pipeline.bpe is tgt_pipeline.bpe
     merged = set(src_pipeline.bpe.get_vocab())
     src_vocab, tgt_vocab = set(src_pipeline.vocab.pieces), set(tgt_pipeline.vocab.pieces)
-    assert src_vocab | tgt_vocab <= merged
+    assert (src_vocab | tgt_vocab) - FILLERS <= merged
     assert {"the" + END_OF_WORD, "under" + END_OF_WORD} <= src_vocab - tgt_vocab
     assert {"ein" + END_OF_WORD, "unter" + END_OF_WORD} <= tgt_vocab - src_vocab
 
