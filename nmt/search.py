@@ -205,17 +205,23 @@ def beam_search(
     active = list(range(batch))  # original index of each active sentence
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
-        log_probs, state, attention = model.step(prev, state, source)  # (A*K, V), (A*K, S)
+        # (A*G, V), (A*G, S): G rows a sentence, one at the first step (its K beams are alike), else K
+        log_probs, state, attention = model.step(prev, state, source)
+        num_active, at_limit = len(active), [limit == t for limit in limits]
+        rows_each = log_probs.size(0) // num_active
+        log_probs = _constrain(log_probs, t, [end for end in at_limit for _ in range(rows_each)], history, constraints)
+        # a sentence's best 2K of its K x V candidates are among the best 2K tokens of each of its
+        # rows, so the scores are added to K x 2K log-probs rather than K x V
+        per_row = min(2 * K, log_probs.size(1))
+        row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)  # (A*G, 2K)
         if t == 0:
-            log_probs, attention, state = log_probs[expand], attention[expand], state.index_select(expand)
-        at_limit = [limit == t for limit in limits for _ in range(K)]
-        log_probs = _constrain(log_probs, t, at_limit, history, constraints)
+            row_log_probs, row_tokens, attention = row_log_probs[expand], row_tokens[expand], attention[expand]
+            state = state.index_select(expand)
         if use_coverage:
             coverage += attention.float()
-        num_active, vocab = len(active), log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(num_active, K * vocab)
-        top_scores, top_ids = candidates.topk(min(2 * K, K * vocab), dim=1)  # (A, 2K)
-        top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+        candidates = (scores.view(-1, 1) + row_log_probs).view(num_active, K * per_row)
+        top_scores, top_ids = candidates.topk(min(2 * K, K * per_row), dim=1)  # (A, 2K)
+        top_beams, top_tokens = top_ids // per_row, row_tokens.view(num_active, -1).gather(1, top_ids)
         ends = top_tokens == EOS
         rank = torch.arange(top_ids.size(1), device=device)
         finishing = ends & (rank < K) & top_scores.isfinite()  # (A, 2K)
@@ -236,7 +242,7 @@ def beam_search(
         scores = top_scores.gather(1, survivors)
         beams, tokens = top_beams.gather(1, survivors), top_tokens.gather(1, survivors)
         done = (num_finished >= K) | ~scores[:, 0].isfinite()
-        done |= torch.tensor(at_limit[::K], device=device)
+        done |= torch.tensor(at_limit, device=device)
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
