@@ -163,7 +163,7 @@ class DecodeConfig:
 
     beam_size: int = 5  # 1 = greedy search
     nbest: int = 1
-    batch_tokens: int = 4000  # search rows x padded source length per batch (beam search: beam_size rows a sentence)
+    batch_tokens: int = 6000  # search rows x padded source length per batch (beam search: beam_size rows a sentence)
     max_length_ratio: float = 2.0  # hypotheses stop at ratio * source length + max_length_offset
     max_length_offset: int = 10
     length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-prob
