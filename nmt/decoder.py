@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention
+from nmt.dropout import Dropout
 from nmt.encoder import EncoderOutput
 from nmt.vocab import PAD
 
@@ -66,7 +67,7 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.bridge_h = nn.Linear(hidden_size, hidden_size)
         self.bridge_c = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self._gate_table: tuple[tuple, torch.Tensor] | None = None  # (weights it was built from, table)
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.dropout import Dropout
 from nmt.vocab import PAD
 
 
@@ -27,7 +28,7 @@ class Encoder(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = nn.LSTM(
             embed_size,
             hidden_size // 2,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from nmt.attention import Attention
 from nmt.config import ModelConfig
 from nmt.decoder import DecoderState, lstm_cell
+from nmt.dropout import Dropout
 from nmt.loss import sequence_loss
 from nmt.model import EncodedSource, Seq2Seq
 from nmt.vocab import BOS, EOS, PAD
@@ -416,3 +417,20 @@ def test_loss_without_gradients_takes_none() -> None:
         out = sequence_loss(hidden, output, target, label_smoothing=0.1)
     assert not out.loss.requires_grad
     torch.testing.assert_close(out.loss, torch_loss(hidden, output, target, eps=0.1).detach())
+
+
+def test_dropout_zeroes_a_fraction_p_scales_the_rest_and_passes_gradients_through_the_same_mask():
+    torch.manual_seed(0)
+    dropout = Dropout(0.3).train()
+    x = torch.full((500, 400), 2.0, requires_grad=True)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.01
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, (y.detach() != 0).float() / 0.7)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # the seed fixes the mask
+    assert dropout.eval()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
