@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
@@ -79,5 +78,8 @@ class Seq2Seq(nn.Module):
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
         )
-        log_probs = F.log_softmax(self.logits(self.output_proj(hidden.squeeze(1))).float(), dim=-1)
+        logits = self.logits(self.output_proj(hidden.squeeze(1))).float()
+        # in search (no gradients) the (B, V) scores overwrite the logits: the largest tensor of a
+        # step is then allocated once, which lets decoding batches grow within the same memory
+        log_probs = torch.log_softmax(logits, dim=-1, out=None if torch.is_grad_enabled() else logits)
         return log_probs, state, attention.squeeze(1)
