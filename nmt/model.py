@@ -79,7 +79,10 @@ class Seq2Seq(nn.Module):
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
         )
         logits = self.logits(self.output_proj(hidden.squeeze(1))).float()
-        # in search (no gradients) the (B, V) scores overwrite the logits: the largest tensor of a
-        # step is then allocated once, which lets decoding batches grow within the same memory
-        log_probs = torch.log_softmax(logits, dim=-1, out=None if torch.is_grad_enabled() else logits)
+        # in CPU search (no gradients) the (B, V) scores overwrite the logits: the largest tensor of a
+        # step is then allocated once, which lets decoding batches grow within the same memory; the
+        # CPU kernel finishes reading a row before writing it (checked equal in tests), GPU kernels
+        # are not relied on to do the same
+        in_place = logits.device.type == "cpu" and not torch.is_grad_enabled()
+        log_probs = torch.log_softmax(logits, dim=-1, out=logits if in_place else None)
         return log_probs, state, attention.squeeze(1)
