@@ -1,13 +1,15 @@
-"""Where a translation looked: attention matrices and hard alignments for finished translations.
+"""Where a translation looked: attention matrices of finished translations, and hard alignments.
 
-The matrices come from teacher forcing: the model reads the source, then is fed the translation's
-own tokens, BOS first, and `step` reports its attention at each target position. The decoder is
-deterministic at inference, so these are the weights the search saw while it chose those tokens,
-for a single model, an ensemble (mean attention) or an int8 model alike, and for any search
-(beam, greedy, sampling) without the search keeping every matrix of every beam.
+Search returns each translation's hard alignment itself (`Hypothesis.alignment`: per target piece,
+the source piece it attended to most). The full matrices, for heatmaps, come from teacher forcing:
+the model reads the source, then is fed the translation's own tokens, BOS first, and `step`
+reports its attention at each target position. The decoder is deterministic at inference, so
+these are the weights the search saw while it chose those tokens, for a single model, an ensemble
+(mean attention) or an int8 model alike, and for any search (beam, greedy, sampling) without the
+search keeping every matrix of every beam.
 
-A hard alignment links each target piece to its most attended source piece: pairs `i-j`
-(0-based source piece i, target piece j) as fast_align and Moses write them.
+Alignments are written as pairs `i-j` (0-based source piece i, target piece j), as fast_align and
+Moses write them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
+from nmt.batching import length_batches
+from nmt.search import SearchModel
 from nmt.tokenization import TextPipeline
-from nmt.translator import length_batches
 from nmt.vocab import BOS, pad
 
 
@@ -38,19 +40,22 @@ class AttentionMap:
         return [(int(i), j) for j, i in enumerate(self.weights[: len(self.tgt_pieces)].argmax(axis=1))]
 
 
-def format_alignment(pairs: Sequence[tuple[int, int]]) -> str:
-    """[(0, 0), (2, 1)] -> "0-0 2-1"."""
-    return " ".join(f"{i}-{j}" for i, j in pairs)
+def format_alignment(source_positions: Sequence[int]) -> str:
+    """The source position of each target piece, [0, 2] -> "0-0 2-1"."""
+    return " ".join(f"{i}-{j}" for j, i in enumerate(source_positions))
 
 
 @torch.no_grad()
 def forced_attention(
-    model: nn.Module, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], batch_tokens: int
+    model: SearchModel,
+    device: torch.device,
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    batch_tokens: int,
 ) -> list[np.ndarray]:
     """Attention while the model reads each target (no BOS/EOS) after its source (not empty):
     one float32 array (len(tgt) + 1, len(src)) per pair, the last row for EOS."""
-    device = next(model.parameters()).device
-    lengths = np.array([len(ids) for ids in src_ids])
+    lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
     out: list[np.ndarray] = [np.empty(0)] * len(src_ids)
     for batch in length_batches(lengths, batch_tokens):
         src = pad([np.asarray(src_ids[i], dtype=np.int64) for i in batch]).to(device)
@@ -68,7 +73,8 @@ def forced_attention(
 
 
 def attention_maps(
-    model: nn.Module,
+    model: SearchModel,
+    device: torch.device,
     src_pipeline: TextPipeline,
     tgt_pipeline: TextPipeline,
     lines: Sequence[str],
@@ -80,6 +86,7 @@ def attention_maps(
     nonempty = [k for k, p in enumerate(pieces) if p]
     weights = forced_attention(
         model,
+        device,
         [src_pipeline.vocab.ids(pieces[k]) for k in nonempty],
         [translations[k] for k in nonempty],
         batch_tokens,

@@ -50,7 +50,8 @@ from tokenizers import Tokenizer
 
 from nmt import synthetic
 from nmt.config import DataConfig
-from nmt.data import EncodedCorpus, IdColumn, PreparedData, filter_pairs, split_files
+from nmt.corpus import split_files
+from nmt.data import EncodedCorpus, IdColumn, PreparedData, filter_pairs
 from nmt.encoding import SPLITS, encode_splits
 from nmt.errors import NmtError
 from nmt.tokenization import TextPipeline

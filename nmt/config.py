@@ -8,15 +8,20 @@ Library code receives these dataclasses and never imports Hydra.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from nmt.errors import NmtError
 
-MISSING = "???"  # OmegaConf's marker for a value the user must give; not imported, to keep nmt-translate light
+T = TypeVar("T")
 
 ATTENTION_TYPES = ("dot", "general", "additive")
 CORPUS_KINDS = ("synthetic", "files", "hub")
 PRECISIONS = ("fp32", "bf16", "fp16")
+QUANTIZATIONS = ("none", "int8")
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
 VALID_METRICS = ("bleu", "loss")
 
@@ -117,7 +122,8 @@ class TrainConfig:
     progress: bool = True  # progress bars on stderr for BPE, training, validation (only when stderr is a terminal)
     tensorboard: bool = False  # also write metrics.jsonl's scalars as TensorBoard events to <run>/tensorboard/
     valid_every: int = 0  # steps; 0 = at the end of each epoch
-    valid_metric: str = "bleu"  # bleu (greedy-decoded validation set) | loss: selects best.pt, drives patience
+    valid_metric: str = "bleu"  # bleu (of the decoded validation set) | loss: selects best.pt, drives patience
+    valid_beam_size: int = 1  # beam of the validation BLEU search (1 = greedy); the rest of the search is decode.*
     patience: int = 0  # early stopping after this many validations without improvement; 0 = off
     save_every: int = 0  # steps between last.pt writes (also at each validation and at the end); 0 = those only
     keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
@@ -153,20 +159,48 @@ class TrainConfig:
         )
         _require(self.log_every >= 1, "train.log_every", ">= 1")
         _require(self.valid_every >= 0, "train.valid_every", ">= 0")
+        _require(self.valid_beam_size >= 1, "train.valid_beam_size", ">= 1")
         _require(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}")
         _require(self.threads >= 0, "train.threads", ">= 0")
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text, which `add_flags` (and the service) show to users."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DecodeConfig:
-    """Search settings shared by validation, `nmt-translate` and `nmt.evaluate`."""
+    """Search and inference: one schema for `nmt-translate` (as --flags), `nmt.evaluate` and
+    training (as decode.* keys) and the service. An option added here appears in all of them."""
 
-    beam_size: int = 5  # 1 = greedy search
-    nbest: int = 1
-    batch_tokens: int = 6000  # search rows x padded source length per batch (beam search: beam_size rows a sentence)
-    max_length_ratio: float = 2.0  # hypotheses stop at ratio * source length + max_length_offset
-    max_length_offset: int = 10
-    length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-prob
+    beam_size: int = option(5, "hypotheses kept per sentence; 1 = greedy search")
+    nbest: int = option(1, "translations returned per sentence, best first (at most beam_size)")
+    batch_tokens: int = option(
+        6000, "search rows x padded source subwords per batch (beam search holds beam_size rows a sentence)"
+    )
+    max_length_ratio: float = option(2.0, "a translation ends at ratio x source subwords + max_length_offset")
+    max_length_offset: int = option(10, "see max_length_ratio")
+    min_length: int = option(0, "target subwords before the end of sentence may be chosen")
+    max_source_length: int = option(
+        1024, "a sentence of more source subwords is refused (search time grows with its square length)"
+    )
+    truncate_source: bool = option(False, "cut sentences over max_source_length subwords instead of refusing them")
+    length_penalty: float = option(1.0, "GNMT alpha: score = log-prob / ((5 + length) / 6) ** alpha; 0 = raw log-prob")
+    coverage_penalty: float = option(0.0, "GNMT beta: adds beta x sum of log(min(attention received, 1)); 0 = off")
+    no_repeat_ngram: int = option(0, "N > 0: no N-gram of subwords occurs twice in a translation")
+    replace_unk: bool = option(False, "an unknown word in a translation becomes the source word it attends to most")
+    sampling: bool = option(
+        False, "draw each token from the model's distribution instead of searching (back-translation); nbest 1"
+    )
+    sampling_topk: int = option(0, "with sampling: draw among the K most likely tokens; 0 = all")
+    sampling_topp: float = option(1.0, "with sampling: draw among the fewest tokens reaching probability P; 1 = all")
+    temperature: float = option(1.0, "with sampling: divides the log-probabilities; > 1 flattens, < 1 sharpens")
+    seed: int = option(0, "with sampling: seed of the random generator")
+    precision: str = option("fp32", "fp32 | bf16 (autocast) | fp16 (autocast, CUDA only)")
+    quantize: str = option("none", "none | int8 (dynamic quantization of linear and LSTM weights, CPU only)")
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...")
+    threads: int = option(0, "torch intra-op threads; 0 = torch's default")
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
@@ -174,7 +208,50 @@ class DecodeConfig:
         _require(self.batch_tokens >= 1, "decode.batch_tokens", ">= 1")
         _require(self.max_length_ratio > 0, "decode.max_length_ratio", "> 0")
         _require(self.max_length_offset >= 0, "decode.max_length_offset", ">= 0")
+        _require(self.min_length >= 0, "decode.min_length", ">= 0")
+        _require(self.max_source_length >= 1, "decode.max_source_length", ">= 1")
         _require(self.length_penalty >= 0, "decode.length_penalty", ">= 0")
+        _require(self.coverage_penalty >= 0, "decode.coverage_penalty", ">= 0")
+        _require(self.no_repeat_ngram >= 0, "decode.no_repeat_ngram", ">= 0")
+        _require(not self.sampling or self.nbest == 1, "decode.nbest", "1 with decode.sampling (one draw a sentence)")
+        _require(self.sampling_topk >= 0, "decode.sampling_topk", ">= 0")
+        _require(0 < self.sampling_topp <= 1, "decode.sampling_topp", "in (0, 1]")
+        _require(self.temperature > 0, "decode.temperature", "> 0")
+        _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
+        _require(
+            self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
+        )
+        _require(self.quantize in QUANTIZATIONS, "decode.quantize", f"one of {QUANTIZATIONS}")
+        _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
+        _require(self.threads >= 0, "decode.threads", ">= 0")
+
+
+def add_flags(parser: argparse.ArgumentParser, schema: type, title: str) -> None:
+    """A group `title` of --flags, one per field of the dataclass `schema`: the field's name with
+    dashes, its type, default and help text; a bool field gets --flag and --no-flag."""
+    group, types, defaults = parser.add_argument_group(title), typing.get_type_hints(schema), schema()
+    for item in dataclasses.fields(schema):
+        flag, default = "--" + item.name.replace("_", "-"), getattr(defaults, item.name)
+        if types[item.name] is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=item.metadata["help"])
+        else:
+            group.add_argument(flag, type=types[item.name], default=default, help=item.metadata["help"])
+
+
+def from_flags(args: argparse.Namespace, schema: type[T]) -> T:
+    """The dataclass `schema` from the flags `add_flags` made; its __post_init__ checks the values."""
+    return schema(**{item.name: getattr(args, item.name) for item in dataclasses.fields(schema)})
+
+
+# decode.* keys that training does not take from the decode group (the rest all shape validation's search)
+VALIDATION_OVERRIDES = {
+    "beam_size": "train.valid_beam_size",
+    "nbest": "the best translation",
+    "precision": "train.precision",
+    "device": "train.device",
+    "quantize": "the training weights (no quantization)",
+    "threads": "train.threads",
+}
 
 
 @dataclass
@@ -192,20 +269,41 @@ class Config:
             "train.batch_tokens",
             f"> data.max_length ({self.data.max_length}), so the longest training sentence fits a batch",
         )
+        for key, instead in VALIDATION_OVERRIDES.items():
+            _require(
+                getattr(self.decode, key) == getattr(DecodeConfig(), key),
+                f"decode.{key}",
+                f"left at its default in training, where validation uses {instead}",
+            )
+
+    def validation_decode(self) -> DecodeConfig:
+        """The search of validation BLEU: decode.* but for what training itself decides."""
+        train = self.train
+        return dataclasses.replace(
+            self.decode, beam_size=train.valid_beam_size, precision=train.precision, device=train.device
+        )
 
 
 @dataclass
 class EvaluateConfig:
     """`python -m nmt.evaluate`: translate a split (or a source file) and score it."""
 
-    checkpoint: str = MISSING
+    checkpoint: str = ""  # the model to score ...
+    checkpoints: list[str] = field(default_factory=list)  # ... or several, as an ensemble: checkpoints=[a.pt,b.pt]
     data: DataConfig = field(default_factory=DataConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     split: str = "test"  # alias from data.splits, or a file prefix in data.dir
     source: str = ""  # with `reference`: score these files instead of a split
     reference: str = ""
     tokenized_lc: bool = False  # also BLEU on Moses-tokenized lowercased text (Multi30k literature)
-    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.checkpoint) != bool(self.checkpoints), "checkpoint or checkpoints", "given (one of them)")
+        _require(bool(self.source) == bool(self.reference), "source and reference", "given together")
+
+    @property
+    def models(self) -> list[str]:
+        return self.checkpoints or [self.checkpoint]
 
 
 def register_configs() -> None:

@@ -9,8 +9,9 @@
 The first layer's gate pre-activations split as W_ih x_t + W_hh h_{t-1} + b =
 (W_e E y_{t-1} + b) + W_r [h~_{t-1} ; h_{t-1}]: the embedding part has no recurrence, so it runs
 for all steps as one matrix multiply before the time loop, and each step pays one product
-with W_r. In search (eval mode, no gradients) even the embedding part goes: W_e E y + b is looked
-up in a (V, 4H) table of every token's gates, built once per set of weights. Its gate equations
+with W_r. In search even the embedding part goes: W_e E y + b is looked up in a (V, 4H) table of
+every token's gates, which whoever decodes builds once for the weights it decodes with
+(`gate_table`) and passes in. Its gate equations
 are torch.nn.LSTMCell's (gate order i, f, g, o); the upper layers are nn.LSTMCell itself.
 """
 
@@ -68,7 +69,6 @@ class Decoder(nn.Module):
         self.bridge_h = nn.Linear(hidden_size, hidden_size)
         self.bridge_c = nn.Linear(hidden_size, hidden_size)
         self.dropout = Dropout(dropout)
-        self._gate_table: tuple[tuple, torch.Tensor] | None = None  # (weights it was built from, table)
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         layers = 1 + len(self.upper_cells)
@@ -78,31 +78,16 @@ class Decoder(nn.Module):
             h.unsqueeze(0).repeat(layers, 1, 1), c.unsqueeze(0).repeat(layers, 1, 1), torch.zeros_like(h)
         )
 
-    def input_gates(self, tokens: torch.Tensor) -> torch.Tensor:
-        """W_e E y + b for tokens (B, T) -> (B, T, 4H)."""
-        if self.training or torch.is_grad_enabled():
-            return self.embed_gates(self.dropout(self.embed(tokens)))
-        return F.embedding(tokens, self.gate_table())
-
-    def train(self, mode: bool = True) -> Decoder:
-        # fused optimizers change weights in place without bumping their versions, so the
-        # table cannot tell; training always happens between two mode changes
-        self._gate_table = None
-        return super().train(mode)
+    def input_gates(self, tokens: torch.Tensor, gate_table: torch.Tensor | None = None) -> torch.Tensor:
+        """W_e E y + b for tokens (B, T) -> (B, T, 4H); looked up in `gate_table` when given."""
+        if gate_table is not None:
+            return F.embedding(tokens, gate_table)
+        return self.embed_gates(self.dropout(self.embed(tokens)))
 
     def gate_table(self) -> torch.Tensor:
-        """W_e E + b for the whole vocabulary (V, 4H), rebuilt after a mode change, and whenever a
-        weight it is made of was replaced or changed in place (a checkpoint load) or autocast changed."""
-        device = self.embed.weight.device.type
-        weights = (*self.embed.parameters(), *self.embed_gates.parameters())  # none if quantized
-        key = (
-            torch.is_autocast_enabled(device),
-            torch.get_autocast_dtype(device),
-            *((weight.data_ptr(), weight._version) for weight in weights),
-        )
-        if self._gate_table is None or self._gate_table[0] != key:
-            self._gate_table = (key, self.embed_gates(self.embed.weight))
-        return self._gate_table[1]
+        """W_e E + b for the whole vocabulary (V, 4H), in the dtype of the products it replaces
+        (bf16 under autocast): for inference, where no dropout applies to the embeddings."""
+        return self.embed_gates(self.embed.weight)
 
     def forward(
         self,
@@ -111,11 +96,12 @@ class Decoder(nn.Module):
         memory: torch.Tensor,
         keys: torch.Tensor,
         mask: torch.Tensor,
+        gate_table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Teacher-forced steps over tgt_in (B, T) -> h~ (B, T, H), final state, attention (B, T, S).
         memory, keys and mask may hold one source per group of consecutive rows (see Attention)."""
         # unbind once: indexing [:, t] per step would make backward zero-fill (B, T, 4H) at every step
-        embed_gates = self.input_gates(tgt_in).unbind(1)  # T x (B, 4H)
+        embed_gates = self.input_gates(tgt_in, gate_table).unbind(1)  # T x (B, 4H)
         h, c, feed = list(state.h.unbind(0)), list(state.c.unbind(0)), state.feed
         outputs, attention = [], []
         for step_gates in embed_gates:

@@ -28,8 +28,8 @@ from datasets.utils import tqdm
 from tokenizers import Tokenizer
 
 from nmt.config import DataConfig
-from nmt.data import CHUNK_PAIRS, split_chunks
-from nmt.tokenization import MosesText, learn_bpe_from_text
+from nmt.corpus import CHUNK_PAIRS, split_chunks
+from nmt.tokenization import MosesText, learn_bpe
 from nmt.vocab import Vocabulary
 
 SPLITS = ("train", "val")
@@ -232,7 +232,7 @@ def _learn_bpe(cfg: DataConfig, sample: datasets.Dataset) -> tuple[Tokenizer, To
             yield from batch[column]
 
     def learn(texts: Iterable[str]) -> Tokenizer:
-        return learn_bpe_from_text(texts, cfg.bpe_vocab_size, cfg.bpe_min_frequency)
+        return learn_bpe(texts, cfg.bpe_vocab_size, cfg.bpe_min_frequency)
 
     if cfg.joint_bpe:
         model = learn(itertools.chain(lines("src_tok"), lines("tgt_tok")))

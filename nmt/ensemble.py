@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from nmt.errors import NmtError
+from nmt.search import SearchModel
 
 
 class EnsembleSource(NamedTuple):
@@ -31,12 +31,11 @@ class EnsembleState(NamedTuple):
         return EnsembleState(tuple(part.index_select(order) for part in self.parts))
 
 
-class Ensemble(nn.Module):
-    """The `encode`/`step` interface of search over several models with the same vocabularies."""
+class Ensemble:
+    """A `SearchModel` over several models with the same vocabularies."""
 
-    def __init__(self, models: list[nn.Module]) -> None:
-        super().__init__()
-        self.models = nn.ModuleList(models)
+    def __init__(self, models: list[SearchModel]) -> None:
+        self.models = models
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EnsembleSource, EnsembleState]:
         sources, states = zip(*(model.encode(src, src_len) for model in self.models))

@@ -1,8 +1,11 @@
-"""`python -m nmt.evaluate`: translate a test set with a checkpoint and score it with sacrebleu.
+"""`python -m nmt.evaluate`: translate a test set with a system and score it with sacrebleu.
 
     python -m nmt.evaluate checkpoint=runs/ende/checkpoints/best.pt data=multi30k split=test
-    python -m nmt.evaluate checkpoint=PATH source=test.en reference=test.de
-Writes `hypotheses.txt` and `report.json` to the run dir and prints the scores with signatures.
+    python -m nmt.evaluate checkpoints=[a.pt,b.pt] decode.quantize=int8 source=test.en reference=test.de
+The system is what `nmt-translate` runs with the same options (decode.* are its flags): one
+checkpoint or an ensemble, any precision, quantization and search. Writes `hypotheses.txt` (with
+decode.nbest > 1 also `nbest.txt`, Moses n-best format) and `report.json` to the run dir and
+prints the scores with their signatures.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nmt import checkpoint, metrics
+from nmt import metrics
 from nmt.config import EvaluateConfig, register_configs
-from nmt.data import load_split, read_parallel
-from nmt.errors import NmtError, exit_on_user_error
+from nmt.corpus import load_split, read_parallel
+from nmt.errors import LineError, NmtError, exit_on_user_error
+from nmt.files import atomic_output
 from nmt.tokenization import MosesText
+from nmt.translate import format_output
 from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -40,38 +45,46 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str, tokenized
 
 
 def run(cfg: EvaluateConfig, out_dir: Path) -> dict[str, Any]:
-    path = Path(cfg.checkpoint)
-    model, src, tgt, _ = checkpoint.restore(checkpoint.load(path), path)
-    langs = (src.moses.lang, tgt.moses.lang)
-    if cfg.source or cfg.reference:
-        if not (cfg.source and cfg.reference):
-            raise NmtError("config: source and reference must be given together")
+    paths = [Path(path) for path in cfg.models]
+    translator = Translator.from_checkpoints(paths, cfg.decode)
+    langs = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
+    if cfg.source:
         pairs = read_parallel(Path(cfg.source), Path(cfg.reference))
+        label = cfg.source
     else:
         if (cfg.data.src_lang, cfg.data.tgt_lang) != langs:
             raise NmtError(
-                f"{path} translates {langs[0]}->{langs[1]} but the data config is "
+                f"{paths[0]} translates {langs[0]}->{langs[1]} but the data config is "
                 f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; pick the matching data= config"
             )
         pairs = load_split(cfg.data, cfg.split)
-    translator = Translator(model.to(cfg.device), src, tgt, cfg.decode)
+        label = f"split {cfg.split}"
     start = time.monotonic()
-    hypotheses = [hyps[0].text for hyps in translator.translate(pairs["src"])]
+    try:
+        results = translator.translate(pairs["src"])
+    except LineError as error:
+        raise NmtError(f"{label}:{error.index + 1}: {error.reason}") from None
     seconds = time.monotonic() - start
+    hypotheses = [hyps[0].text for hyps in results]
     report = {
-        **score(hypotheses, pairs["tgt"], tgt.moses.lang, cfg.tokenized_lc),
+        **score(hypotheses, pairs["tgt"], langs[1], cfg.tokenized_lc),
         "sentences": len(hypotheses),
         "seconds": seconds,
         "sentences_per_second": len(hypotheses) / seconds if seconds else 0.0,
-        "checkpoint": str(path),
+        "checkpoints": [str(path) for path in paths],
         "split": "" if cfg.source else cfg.split,
         "source": cfg.source,
         "reference": cfg.reference,
         "decode": asdict(cfg.decode),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "hypotheses.txt").write_text("".join(f"{h}\n" for h in hypotheses), encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_output(out_dir / "hypotheses.txt") as file:
+        file.write("".join(f"{h}\n" for h in hypotheses))
+    if cfg.decode.nbest > 1:
+        with atomic_output(out_dir / "nbest.txt") as file:
+            file.write(format_output(results, cfg.decode.nbest))
+    with atomic_output(out_dir / "report.json") as file:
+        file.write(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -91,7 +91,5 @@ def sequence_loss(
     (B, T, H) and (B, T), or (N, H) and (N,)."""
     hidden = hidden.reshape(-1, hidden.size(-1))
     target = target.reshape(-1)
-    loss, nll = _OutputLayerCrossEntropy.apply(
-        hidden, output.weight, output.bias, target, label_smoothing, chunk_rows
-    )
+    loss, nll = _OutputLayerCrossEntropy.apply(hidden, output.weight, output.bias, target, label_smoothing, chunk_rows)
     return LossOutput(loss, nll, int((target != PAD).sum()))

@@ -2,7 +2,8 @@
 
 `forward` scores a whole target sequence (training); `encode` and `step` serve search,
 with all search state held in `EncodedSource` and `DecoderState`, which reorder by
-`index_select` so beam search never needs to know the model's internals.
+`index_select` so beam search never needs to know the model's internals. `InferenceModel` is a
+model as search uses it: its token-gate table built once, carried in every `EncodedSource`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ class EncodedSource(NamedTuple):
     memory: torch.Tensor  # (B, S, H)
     keys: torch.Tensor  # (B, S, H), attention keys precomputed from memory
     mask: torch.Tensor  # (B, S), True on real tokens
+    gate_table: torch.Tensor | None = None  # (V, 4H) every token's embedding gates (Decoder.gate_table), or None
 
     def index_select(self, order: torch.Tensor) -> EncodedSource:
-        return EncodedSource(*(tensor.index_select(0, order) for tensor in self))
+        memory, keys, mask = (tensor.index_select(0, order) for tensor in (self.memory, self.keys, self.mask))
+        return EncodedSource(memory, keys, mask, self.gate_table)
 
 
 class Seq2Seq(nn.Module):
@@ -49,13 +52,15 @@ class Seq2Seq(nn.Module):
             self.encoder.embed.weight[PAD].zero_()
             self.decoder.embed.weight[PAD].zero_()
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
+    def encode(
+        self, src: torch.Tensor, src_len: torch.Tensor, gate_table: torch.Tensor | None = None
+    ) -> tuple[EncodedSource, DecoderState]:
         encoded = self.encoder(src, src_len)
         keys = self.decoder.attention.project_keys(encoded.memory)
         # under autocast the keys come out in bf16 and the memory does not: cast it once here,
         # not in every decoder step's product with the attention weights
         memory = encoded.memory.to(keys.dtype)
-        return EncodedSource(memory, keys, src != PAD), self.decoder.init_state(encoded)
+        return EncodedSource(memory, keys, src != PAD, gate_table), self.decoder.init_state(encoded)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(features)
@@ -76,7 +81,7 @@ class Seq2Seq(nn.Module):
         """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S).
         `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam)."""
         hidden, state, attention = self.decoder(
-            prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask
+            prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask, source.gate_table
         )
         logits = self.logits(self.output_proj(hidden.squeeze(1))).float()
         # in CPU search (no gradients) the (B, V) scores overwrite the logits: the largest tensor of a
@@ -86,3 +91,22 @@ class Seq2Seq(nn.Module):
         in_place = logits.device.type == "cpu" and not torch.is_grad_enabled()
         log_probs = torch.log_softmax(logits, dim=-1, out=logits if in_place else None)
         return log_probs, state, attention.squeeze(1)
+
+
+class InferenceModel:
+    """A Seq2Seq as search uses it (a `SearchModel`): in eval mode, with the table of every token's
+    embedding gates built once, at construction, for the weights and precision it decodes with.
+    Build it inside the autocast context it will decode in; build a new one when the weights change."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        self.model = model.eval()
+        with torch.no_grad():
+            self.gate_table = model.decoder.gate_table()
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
+        return self.model.encode(src, src_len, self.gate_table)
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        return self.model.step(prev_tokens, state, source)

@@ -1,6 +1,6 @@
-"""Greedy search, sampling and beam search over batched tensors.
+"""Greedy search, sampling and beam search over batched tensors, set by one `DecodeConfig`.
 
-All take any model with `encode(src, src_len) -> (source, state)` and
+All take any `SearchModel`: `encode(src, src_len) -> (source, state)` and
 `step(prev_tokens, state, source) -> (log_probs, state, attention)`, where `source` and
 `state` reorder with `index_select`; beam search keeps one source per sentence for its K
 state rows (rows a * K .. a * K + K - 1 belong to sentence a), so `step` must accept a
@@ -19,9 +19,11 @@ so later steps only pay for the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
+from nmt.config import DecodeConfig
 from nmt.vocab import BOS, EOS
 
 # Attention can underflow to exactly 0 on a source position; log 0 would make one ignored
@@ -37,23 +39,17 @@ class Hypothesis:
     alignment: list[int] = field(default_factory=list)  # per token, the source position attended most
 
 
-@dataclass(frozen=True)
-class Constraints:
-    """What a hypothesis may contain, and how its finished score is adjusted."""
+class SearchModel(Protocol):
+    """What search needs of a model (a `Seq2Seq` prepared for inference, an `Ensemble`, a test's
+    fake): the encoded source and the decoder state it returns reorder with `index_select(order)`."""
 
-    min_length: int = 0  # tokens before EOS may be chosen
-    no_repeat_ngram: int = 0  # N > 0: no N-gram occurs twice in a hypothesis
-    coverage_penalty: float = 0.0  # GNMT beta; 0 = off
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[Any, Any]:
+        """src (B, S) padded ids, src_len (B,) -> (encoded source, initial decoder state)."""
+        ...
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Draw each token from the model's distribution at `temperature`, cut to the `top_k` most
-    likely tokens (0 = all) or to the smallest set whose probability reaches `top_p` (1 = all)."""
-
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
+    def step(self, prev_tokens: torch.Tensor, state: Any, source: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """prev_tokens (R,) -> log-probs (R, V) in fp32, next state, attention (R, S)."""
+        ...
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -85,53 +81,64 @@ def ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) 
 
 
 def _constrain(
-    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, constraints: Constraints
+    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, cfg: DecodeConfig
 ) -> torch.Tensor:
     """Apply min length, no-repeat n-grams and the length limit to a step's log_probs (R, V);
     at_limit is per row, on the host, so steps that force nothing cost nothing."""
     limited = torch.tensor(at_limit, device=log_probs.device).nonzero().squeeze(1) if any(at_limit) else None
     eos = log_probs[limited, EOS] if limited is not None else None  # before min length: the limit wins
-    if t < constraints.min_length:
+    if t < cfg.min_length:
         log_probs[:, EOS] = float("-inf")
-    log_probs = ban_repeated_ngrams(log_probs, history, constraints.no_repeat_ngram)
+    log_probs = ban_repeated_ngrams(log_probs, history, cfg.no_repeat_ngram)
     if limited is not None:  # rows at their limit may only end
         log_probs[limited] = float("-inf")
         log_probs[limited, EOS] = eos
     return log_probs
 
 
-def sample(log_probs: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of log_probs (R, V), drawn from the tempered, truncated distribution."""
-    logits = log_probs / sampling.temperature
-    if 0 < sampling.top_k < logits.size(1):
-        kth = logits.topk(sampling.top_k, dim=1).values[:, -1:]
+def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of log_probs (R, V), drawn from the distribution at `cfg.temperature`, cut
+    to the `sampling_topk` most likely tokens (0 = all) or to the fewest whose probability reaches
+    `sampling_topp` (1 = all)."""
+    logits = log_probs / cfg.temperature
+    if 0 < cfg.sampling_topk < logits.size(1):
+        kth = logits.topk(cfg.sampling_topk, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sampling.top_p < 1.0:
+    if cfg.sampling_topp < 1.0:
         sorted_logits, order = logits.sort(dim=1, descending=True)
         cumulative = sorted_logits.softmax(dim=1).cumsum(dim=1)
         # drop a token when the more likely ones before it already reach top_p; the first always stays
-        drop = (cumulative - sorted_logits.softmax(dim=1)) >= sampling.top_p
+        drop = (cumulative - sorted_logits.softmax(dim=1)) >= cfg.sampling_topp
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
-def greedy_search(
-    model: torch.nn.Module,
+def search(
+    model: SearchModel,
     src: torch.Tensor,
     src_len: torch.Tensor,
-    max_length_ratio: float,
-    max_length_offset: int,
-    alpha: float = 0.0,
-    *,
-    constraints: Constraints = Constraints(),
-    sampling: Sampling | None = None,
+    cfg: DecodeConfig,
     generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
-    """The most probable token at each step (or a sampled one); one hypothesis per sentence."""
+    """The search `cfg` asks for: sampling, greedy search (beam size 1) or beam search."""
+    if cfg.sampling or cfg.beam_size == 1:
+        return greedy_search(model, src, src_len, cfg, generator)
+    return beam_search(model, src, src_len, cfg)
+
+
+@torch.no_grad()
+def greedy_search(
+    model: SearchModel,
+    src: torch.Tensor,
+    src_len: torch.Tensor,
+    cfg: DecodeConfig,
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """The most probable token at each step (or, with `cfg.sampling`, a drawn one); one hypothesis
+    per sentence."""
     device = src.device
     source, state = model.encode(src, src_len)
-    limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()
+    limits = max_lengths(src_len, cfg.max_length_ratio, cfg.max_length_offset).tolist()
     batch = src.size(0)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)
@@ -143,16 +150,16 @@ def greedy_search(
     hypotheses: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
         step_log_probs, state, attention = model.step(prev, state, source)
-        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, constraints)
-        prev = step_log_probs.argmax(dim=1) if sampling is None else sample(step_log_probs, sampling, generator)
+        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, cfg)
+        prev = sample(step_log_probs, cfg, generator) if cfg.sampling else step_log_probs.argmax(dim=1)
         log_prob += step_log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)
         coverage += attention.float()
         ends = prev == EOS
         for a in ends.nonzero().squeeze(1).tolist():
             total = float(log_prob[a])
-            score = total / length_penalty(t + 1, alpha)
-            if constraints.coverage_penalty:
-                score += float(coverage_penalty(coverage[a : a + 1], lengths[a : a + 1], constraints.coverage_penalty))
+            score = total / length_penalty(t + 1, cfg.length_penalty)
+            if cfg.coverage_penalty:
+                score += float(coverage_penalty(coverage[a : a + 1], lengths[a : a + 1], cfg.coverage_penalty))
             hypotheses[active[a]] = [Hypothesis(history[a].tolist(), score, total, alignment[a].tolist())]
         keep = (~ends).nonzero().squeeze(1)
         if keep.numel() == 0:
@@ -170,16 +177,7 @@ def greedy_search(
 
 @torch.no_grad()
 def beam_search(
-    model: torch.nn.Module,
-    src: torch.Tensor,
-    src_len: torch.Tensor,
-    beam_size: int,
-    nbest: int,
-    max_length_ratio: float,
-    max_length_offset: int,
-    alpha: float,
-    *,
-    constraints: Constraints = Constraints(),
+    model: SearchModel, src: torch.Tensor, src_len: torch.Tensor, cfg: DecodeConfig
 ) -> list[list[Hypothesis]]:
     """The `nbest` best of the hypotheses that beam search finishes, per sentence, best first.
 
@@ -188,18 +186,18 @@ def beam_search(
     finished, the first K others live on. A sentence is done with K finished hypotheses or
     at its length limit, and then leaves the batch, so later steps only pay for the rest.
     """
-    device, K = src.device, beam_size
+    device, K = src.device, cfg.beam_size
     source, state = model.encode(src, src_len)
     batch = src.size(0)
     expand = torch.arange(batch, device=device).repeat_interleave(K)  # K rows a sentence, from the first step's end
-    limits = max_lengths(src_len, max_length_ratio, max_length_offset).tolist()  # on the host: no sync per step
+    limits = max_lengths(src_len, cfg.max_length_ratio, cfg.max_length_offset).tolist()  # on the host: no sync per step
     lengths = src_len.to(device)[expand]  # (A*K,)
     scores = torch.full((batch, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
     prev = torch.full((batch,), BOS, dtype=torch.long, device=device)  # the K empty hypotheses share one row
     history = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # tokens of each live hypothesis
     alignment = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # their most attended positions
-    use_coverage = constraints.coverage_penalty != 0.0
+    use_coverage = cfg.coverage_penalty != 0.0
     coverage = torch.zeros((batch * K, src.size(1) if use_coverage else 0), device=device)  # summed attention
     num_finished = torch.zeros(batch, dtype=torch.long, device=device)
     active = list(range(batch))  # original index of each active sentence
@@ -209,7 +207,7 @@ def beam_search(
         log_probs, state, attention = model.step(prev, state, source)
         num_active, at_limit = len(active), [limit == t for limit in limits]
         rows_each = log_probs.size(0) // num_active
-        log_probs = _constrain(log_probs, t, [end for end in at_limit for _ in range(rows_each)], history, constraints)
+        log_probs = _constrain(log_probs, t, [end for end in at_limit for _ in range(rows_each)], history, cfg)
         # a sentence's best 2K of its K x V candidates are among the best 2K tokens of each of its
         # rows, so the scores are added to K x 2K log-probs rather than K x V
         per_row = min(2 * K, log_probs.size(1))
@@ -229,9 +227,9 @@ def beam_search(
         if fin_a.numel():
             rows = fin_a * K + top_beams[fin_a, fin_j]  # rows of this step that end
             totals = top_scores[fin_a, fin_j]
-            fin_scores = totals / length_penalty(t + 1, alpha)
+            fin_scores = totals / length_penalty(t + 1, cfg.length_penalty)
             if use_coverage:
-                fin_scores += coverage_penalty(coverage[rows], lengths[rows], constraints.coverage_penalty)
+                fin_scores += coverage_penalty(coverage[rows], lengths[rows], cfg.coverage_penalty)
             for a, tokens, aligned, total, score in zip(
                 fin_a.tolist(), history[rows].tolist(), alignment[rows].tolist(), totals.tolist(), fin_scores.tolist()
             ):
@@ -257,4 +255,4 @@ def beam_search(
             active, limits = [active[i] for i in kept], [limits[i] for i in kept]
             num_finished, lengths = num_finished[keep], lengths[rows]
         scores, prev = scores[keep], tokens[keep].view(-1)
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[: cfg.nbest] for hyps in finished]

@@ -73,14 +73,9 @@ def bpe_progress(enabled: bool) -> Iterator[None]:
         _BPE_PROGRESS.reset(token)
 
 
-def learn_bpe(tokenized_lines: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """Learn BPE merges on Moses-tokenized lines; ids 0-3 are the special symbols."""
-    return learn_bpe_from_text((" ".join(tokens) for tokens in tokenized_lines), vocab_size, min_frequency)
-
-
-def learn_bpe_from_text(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """`learn_bpe` on lines of space-separated Moses tokens (Moses tokens never hold whitespace),
-    as the prepared-corpus cache stores them."""
+def learn_bpe(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """Learn BPE merges on lines of space-separated Moses tokens (Moses tokens never hold
+    whitespace), as the prepared-corpus cache stores them; ids 0-3 are the special symbols."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK], end_of_word_suffix=END_OF_WORD))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
@@ -148,27 +143,3 @@ class TextPipeline:
         if current:
             words.append(current)
         return words
-
-
-def build_pipelines(
-    src_lang: str,
-    tgt_lang: str,
-    src_tokens: Sequence[list[str]],
-    tgt_tokens: Sequence[list[str]],
-    bpe_size: int,
-    min_frequency: int,
-    joint: bool,
-) -> tuple[TextPipeline, TextPipeline]:
-    """Learn BPE on tokenized training text, one model for both sides or one per side;
-    each side's vocabulary holds the pieces that occur on that side."""
-    if joint:
-        src_bpe = tgt_bpe = learn_bpe([*src_tokens, *tgt_tokens], bpe_size, min_frequency)
-    else:
-        src_bpe = learn_bpe(src_tokens, bpe_size, min_frequency)
-        tgt_bpe = learn_bpe(tgt_tokens, bpe_size, min_frequency)
-
-    def pipeline(lang: str, bpe: Tokenizer, tokens: Sequence[list[str]]) -> TextPipeline:
-        unfinished = TextPipeline(lang, bpe, Vocabulary(SPECIAL_TOKENS))
-        return TextPipeline(lang, bpe, Vocabulary.build(unfinished.segment(tokens)))
-
-    return pipeline(src_lang, src_bpe, src_tokens), pipeline(tgt_lang, tgt_bpe, tgt_tokens)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -23,71 +21,18 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.cache import prepare
 from nmt.config import Config, ModelConfig, register_configs
+from nmt.data import PreparedData
 from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
+from nmt.run_folder import RunFolder
 from nmt.tokenization import bpe_progress
-from nmt.trainer import Progress, Trainer
+from nmt.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def _format(record: dict[str, Any]) -> str:
-    return " | ".join(
-        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items()
-    )
-
-
-def summary_writer_class() -> type:
-    """TensorBoard's SummaryWriter; asked for before any work, so a missing extra fails at once."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise NmtError(
-            "train.tensorboard=true needs the tensorboard package: pip install nmt[tensorboard] "
-            "(or pip install tensorboard), or leave train.tensorboard=false"
-        ) from None
-    return SummaryWriter
-
-
-def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """A metrics.jsonl record -> TensorBoard tags: valid_* and best_score under valid/, the rest
-    under train/; step is the x axis (TensorBoard records wall time itself), epoch and minutes are left out."""
-    scalars = {}
-    for key, value in record.items():
-        if key in ("step", "epoch", "minutes") or not isinstance(value, int | float):
-            continue
-        if key.startswith("valid_"):
-            scalars["valid/" + key.removeprefix("valid_")] = float(value)
-        elif key == "best_score":
-            scalars["valid/best_score"] = float(value)
-        else:
-            scalars["train/" + key] = float(value)
-    return scalars
-
-
-def training_summary(
-    records: list[dict[str, Any]], progress: Progress, minutes: float, model: Seq2Seq, out_dir: Path
-) -> dict[str, Any]:
-    """What a user wants after training: the best checkpoint, its validation scores, the cost."""
-    validations = [r for r in records if "valid_loss" in r]
-    best = next((r for r in validations if r["best_score"] == progress.best_score), {})
-    speeds = [r["tgt_tokens_per_s"] for r in records if "tgt_tokens_per_s" in r]
-    return {
-        "best_checkpoint": str(out_dir / "checkpoints" / "best.pt"),
-        "best_step": best.get("step"),
-        "best_validation": {k: v for k, v in best.items() if k.startswith("valid_")},
-        "steps": progress.step,
-        "epoch": progress.epoch,
-        "minutes": minutes,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "tgt_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "nonfinite_skipped": progress.nonfinite_total,
-    }
 
 
 def resume_path(setting: str, out_dir: Path) -> Path | None:
@@ -129,29 +74,22 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run(cfg: Config, out_dir: Path) -> float:
-    """Train with `cfg`, writing `checkpoints/{best,last}.pt` and `metrics.jsonl` under out_dir;
-    continue the run there if `train.resume=auto` finds one.
-
-    Returns the best validation score (BLEU, or minus the loss), so Hydra sweeps can use it.
-    """
-    cfg = start_distributed(cfg)
-    lead = not dist.is_initialized() or dist.get_rank() == 0
-    writer_class = summary_writer_class() if cfg.train.tensorboard and lead else None
-    bars = cfg.train.progress and lead  # tqdm bars also hide themselves when stderr is not a terminal
+def setup(cfg: Config, run: RunFolder, resume: Path | None = None) -> tuple[PreparedData, Seq2Seq, Trainer]:
+    """Seeds and threads, the prepared corpus, the model and its trainer writing to `run`;
+    continued from the checkpoint `resume` if given."""
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    resume = resume_path(cfg.train.resume, out_dir)
     state = checkpoint.load(resume) if resume else None
     if state and ModelConfig(**state["model_config"]) != cfg.model:
         raise NmtError(
             f"{resume}: trained with model config {state['model_config']}; resume with the same model "
             "settings, or start afresh with train.resume=none or another hydra.run.dir"
         )
-    with bpe_progress(bars and sys.stderr.isatty()):
+    lead = not dist.is_initialized() or dist.get_rank() == 0
+    with bpe_progress(run.bars and sys.stderr.isatty()):
         if dist.is_initialized() and not lead:
             dist.barrier()  # rank 0 prepares the corpus, or finds it in the cache; then the others open it
         data = prepare(cfg.data, checkpoint.pipelines(state) if state else None)
@@ -171,60 +109,31 @@ def run(cfg: Config, out_dir: Path) -> float:
         data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size,
         sum(p.numel() for p in model.parameters()), len(data.val),
     )  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / "metrics.jsonl"
-
-    records: list[dict[str, Any]] = []
-    writer = writer_class(log_dir=str(out_dir / "tensorboard")) if writer_class else None
-
-    def log_record(record: dict[str, Any]) -> None:
-        records.append(record)
-        if lead:
-            log.info(_format(record))
-            with metrics_path.open("a") as file:
-                file.write(json.dumps(record) + "\n")
-        if writer:
-            for tag, value in tensorboard_scalars(record).items():
-                writer.add_scalar(tag, value, global_step=record["step"])
-            writer.flush()
-
-    def save(name: str, state: dict[str, Any]) -> None:
-        if not lead:
-            return
-        folder = out_dir / "checkpoints"
-        checkpoint.save(folder / name, state)
-        if name == "last.pt" and cfg.train.keep_last:
-            checkpoint.save(folder / f"step-{state['step']}.pt", state)
-            kept = sorted(folder.glob("step-*.pt"), key=lambda path: int(path.stem.removeprefix("step-")))
-            for old in kept[: -cfg.train.keep_last]:
-                old.unlink()
-
-    bar = tqdm(desc="training", unit="step", dynamic_ncols=True, disable=None if bars else True)
-
-    def track(iterable: Iterable[Any], description: str, total: int) -> Iterable[Any]:
-        return tqdm(
-            iterable, desc=description, total=total, unit="batch", leave=False, dynamic_ncols=True,
-            disable=None if bars else True,
-        )  # fmt: skip
-
-    def on_update(progress: Progress, nll: float, tokens: int) -> None:
-        bar.set_postfix(epoch=progress.epoch, loss=f"{nll / max(tokens, 1):.3f}", refresh=False)
-        bar.update()
-
-    trainer = Trainer(model, data, cfg, log_record, save, on_update, track)
+    trainer = Trainer(model, data, cfg, run)
     if state:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d (epoch %d)", resume, trainer.progress.step, trainer.progress.epoch)
-    with stop_on_signals(trainer), bar, writer or contextlib.nullcontext():
-        progress = trainer.fit()
-    log.info(
-        "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
-        "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
-        trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
-    )  # fmt: skip
-    if lead:
-        summary = training_summary(records, progress, trainer.elapsed_minutes(), model, out_dir)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return data, model, trainer
+
+
+def run(cfg: Config, out_dir: Path) -> float:
+    """Train with `cfg`, writing `checkpoints/{best,last}.pt` and `metrics.jsonl` under out_dir;
+    continue the run there if `train.resume=auto` finds one.
+
+    Returns the best validation score (BLEU, or minus the loss), so Hydra sweeps can use it.
+    """
+    cfg = start_distributed(cfg)
+    lead = not dist.is_initialized() or dist.get_rank() == 0
+    with RunFolder(out_dir, cfg.train, lead) as folder:
+        _, model, trainer = setup(cfg, folder, resume_path(cfg.train.resume, out_dir))
+        with stop_on_signals(trainer):
+            progress = trainer.fit()
+        log.info(
+            "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
+            "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
+            trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
+        )  # fmt: skip
+        folder.summary(progress, trainer.elapsed_minutes(), model)
     if dist.is_initialized():
         dist.destroy_process_group()
     return progress.best_score

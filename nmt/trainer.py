@@ -6,9 +6,8 @@ the epoch's batch plan, best score, patience). The batch plan of an epoch is a p
 (seed, epoch), so the position is just a count of batches done.
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
 is normalized by the target tokens of the whole update, so N ranks equal one process with
-N-fold accumulation. The trainer reports through `log(record)`, `save(name, state)` and
-`on_update(progress, nll, tokens)` callbacks from the entry point and never touches files itself;
-`track(iterable, description, total)` lets the entry point wrap validation decoding in a progress bar.
+N-fold accumulation. The trainer writes only through its `RunFolder` (metrics, checkpoints,
+progress bars) and validates with `nmt.validation`.
 """
 
 from __future__ import annotations
@@ -18,21 +17,23 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from nmt import checkpoint, metrics
-from nmt.config import Config, DecodeConfig
-from nmt.data import Batch, EncodedCorpus, PreparedData, epoch_batches, make_batch
+from nmt import checkpoint
+from nmt.batching import Batch, epoch_batches, make_batch
+from nmt.config import Config
+from nmt.data import PreparedData
 from nmt.errors import NmtError
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
+from nmt.precision import autocast, grad_scaler
+from nmt.run_folder import RunFolder
 from nmt.schedule import make_scheduler
-from nmt.translator import autocast, length_batches, search
+from nmt.validation import validate
 from nmt.vocab import PAD
 
 
@@ -47,46 +48,6 @@ class Progress:
     validated_step: int = -1
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
-
-
-@torch.no_grad()
-def validation_loss(model: Seq2Seq, corpus: EncodedCorpus, batch_tokens: int, precision: str) -> float:
-    """Per-token negative log-likelihood on a corpus."""
-    device = next(model.parameters()).device
-    nll, tokens = 0.0, 0
-    for indices in epoch_batches(corpus, batch_tokens, seed=0, epoch=0):
-        batch = make_batch(corpus, indices).to(device)
-        real = batch.tgt_out != PAD
-        with autocast(precision, device):
-            features = model(batch.src, batch.src_len, batch.tgt_in, real)
-        out = sequence_loss(features, model.output, batch.tgt_out[real], label_smoothing=0.0)
-        nll, tokens = nll + float(out.nll), tokens + out.tokens
-    return nll / max(tokens, 1)
-
-
-Track = Callable[[Iterable[Any], str, int], Iterable[Any]]  # (iterable, description, total) -> same items
-
-
-def untracked(iterable: Iterable[Any], description: str, total: int) -> Iterable[Any]:
-    return iterable
-
-
-@torch.no_grad()
-def greedy_translations(
-    model: Seq2Seq,
-    corpus: EncodedCorpus,
-    decode: Callable[[list[int]], str],
-    batch_tokens: int,
-    track: Track = untracked,
-) -> list[str]:
-    lengths = corpus.src_len
-    out = [""] * len(corpus)
-    greedy = DecodeConfig(beam_size=1, batch_tokens=batch_tokens)
-    batches = length_batches(lengths, batch_tokens)
-    for indices in track(batches, "validation", len(batches)):
-        for index, hyps in zip(indices, search(model, [corpus.src_ids[i] for i in indices], greedy)):
-            out[index] = decode(hyps[0].tokens)
-    return out
 
 
 def rng_state() -> dict[str, Any]:
@@ -109,13 +70,9 @@ class Trainer:
         model: Seq2Seq,
         data: PreparedData,
         cfg: Config,
-        log: Callable[[dict[str, Any]], None],
-        save: Callable[[str, dict[str, Any]], None],
-        on_update: Callable[[Progress, float, int], None] = lambda progress, nll, tokens: None,
-        track: Track = untracked,
+        run: RunFolder,
     ) -> None:
-        self.module, self.data, self.cfg = model, data, cfg
-        self.log, self.save, self.on_update, self.track = log, save, on_update, track
+        self.module, self.data, self.cfg, self.run = model, data, cfg, run
         self.device = torch.device(cfg.train.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -124,7 +81,7 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=fused)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.scaler = grad_scaler(cfg.train.precision, self.device)
         self.progress = Progress()
         self.stop_requested = False  # set from a signal handler: save and return after this update
         self._started, self._minutes_before = time.monotonic(), 0.0
@@ -157,17 +114,7 @@ class Trainer:
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
-        self.model.eval()
-        train = self.cfg.train
-        loss = validation_loss(self.module, self.data.val, train.batch_tokens, train.precision)
-        record = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 100.0))}
-        if train.valid_metric == "bleu":
-            with autocast(train.precision, self.device):
-                hypotheses = greedy_translations(
-                    self.module, self.data.val, self.data.tgt_pipeline.decode, train.batch_tokens, self.track
-                )
-            record["valid_bleu"], _ = metrics.bleu(hypotheses, self.data.val.tgt_text)
-            record["valid_chrf"], _ = metrics.chrf(hypotheses, self.data.val.tgt_text)
+        record = validate(self.module, self.data, self.cfg, self.run.track)
         self.model.train()
         return record
 
@@ -178,14 +125,14 @@ class Trainer:
         score = record["valid_bleu"] if self.cfg.train.valid_metric == "bleu" else -record["valid_loss"]
         if score > progress.best_score:
             progress.best_score, progress.validations_without_improvement = score, 0
-            self.save("best.pt", self._checkpoint(valid=record))
+            self.run.save("best.pt", self._checkpoint(valid=record))
         else:
             progress.validations_without_improvement += 1
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(score)
         progress.validated_step = progress.step
-        self.save("last.pt", self._checkpoint(valid=record, **self.state_dict()))
-        self.log({
+        self.run.save("last.pt", self._checkpoint(valid=record, **self.state_dict()))
+        self.run.log({
             "step": progress.step, "epoch": progress.epoch, "minutes": self.elapsed_minutes(),
             **record, "best_score": progress.best_score,
         })  # fmt: skip
@@ -262,10 +209,10 @@ class Trainer:
                 window_seconds += time.monotonic() - update_start
                 progress.batches_done += per_update
                 progress.step += 1
-                self.on_update(progress, nll, tokens)
+                self.run.updated(progress.epoch, nll / max(tokens, 1))
                 window_nll, window_tokens = window_nll + nll, window_tokens + tokens
                 if progress.step % train.log_every == 0:
-                    self.log({
+                    self.run.log({
                         "step": progress.step, "epoch": progress.epoch, "minutes": self.elapsed_minutes(),
                         "loss": window_nll / window_tokens, "ppl": math.exp(min(window_nll / window_tokens, 100.0)),
                         "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -288,4 +235,4 @@ class Trainer:
         return progress
 
     def _save_last(self) -> None:
-        self.save("last.pt", self._checkpoint(**self.state_dict()))
+        self.run.save("last.pt", self._checkpoint(**self.state_dict()))

@@ -1,141 +1,136 @@
-"""Raw sentences in, detokenized translations out: tokenization, batching by tokens, search."""
+"""The translation engine: raw sentences in, detokenized translations out, as one `DecodeConfig` says.
+
+`Translator.from_checkpoints(paths, cfg)` is the one way every front end (`nmt-translate`,
+`nmt.evaluate`, the service) builds a system: it loads and checks the checkpoints, moves the
+models to the device, quantizes them, builds their inference tables in the precision they decode
+in, and ensembles them. Validation during training builds one from the weights in training with
+`Translator.from_models`. Then `translate(lines)` tokenizes, batches by tokens, searches and
+detokenizes.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from nmt import checkpoint
+from nmt.alignment import AttentionMap, attention_maps
+from nmt.batching import length_batches
 from nmt.config import DecodeConfig
-from nmt.search import Constraints, Hypothesis, Sampling, beam_search, greedy_search
+from nmt.ensemble import Ensemble, check_compatible
+from nmt.errors import LineError
+from nmt.model import InferenceModel, Seq2Seq
+from nmt.precision import autocast, quantize_int8
+from nmt.search import Hypothesis, SearchModel, search
 from nmt.tokenization import TextPipeline
 from nmt.vocab import UNK, pad
+
+Track = Callable[[list[np.ndarray]], Iterable[np.ndarray]]  # wraps the batches of a call, e.g. in a progress bar
 
 
 @dataclass
 class Translation:
     text: str
     score: float
-    tokens: list[int]
+    tokens: list[int]  # target subword ids, without BOS and EOS
+    alignment: list[int]  # per target subword, the source subword position it attended to most
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """Search settings beyond DecodeConfig's."""
-
-    constraints: Constraints = Constraints()
-    sampling: Sampling | None = None  # draw tokens instead of searching (beam size is ignored)
-    seed: int = 0  # of the sampling generator
-    replace_unk: bool = False  # an UNK becomes the source word it attends to most
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision for bf16 (CPU and CUDA) and fp16 (CUDA); fp32 runs as it is."""
-    if precision in ("bf16", "fp16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
-
-
-def search(
-    model: nn.Module,
-    src_ids: list[np.ndarray],
-    cfg: DecodeConfig,
-    options: SearchOptions = SearchOptions(),
-    generator: torch.Generator | None = None,
-) -> list[list[Hypothesis]]:
-    """Search for one batch of id sequences (none empty), in their order."""
-    device = next(model.parameters()).device
-    src = pad(src_ids).to(device)
-    src_len = torch.tensor([len(ids) for ids in src_ids])
-    limits = (cfg.max_length_ratio, cfg.max_length_offset)
-    if options.sampling is not None or cfg.beam_size == 1:
-        return greedy_search(
-            model,
-            src,
-            src_len,
-            *limits,
-            cfg.length_penalty,
-            constraints=options.constraints,
-            sampling=options.sampling,
-            generator=generator,
-        )
-    return beam_search(
-        model, src, src_len, cfg.beam_size, cfg.nbest, *limits, cfg.length_penalty, constraints=options.constraints
-    )
-
-
-def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Indices sorted by length, cut so rows * longest <= batch_tokens (a long line goes alone)."""
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    for end in range(1, len(order) + 1):
-        if end == len(order) or lengths[order[end]] * (end + 1 - start) > batch_tokens:
-            batches.append(order[start:end])
-            start = end
-    return batches
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of the LSTM and linear layers (weights int8, activations
-    quantized per call), for CPU inference; a new model, the original is untouched."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(
-            model, {nn.Linear, nn.LSTM, nn.LSTMCell}, dtype=torch.qint8, inplace=False
-        )
+BLANK = Translation("", 0.0, [], [])
 
 
 class Translator:
     def __init__(
         self,
-        model: nn.Module,
+        model: SearchModel,
         src_pipeline: TextPipeline,
         tgt_pipeline: TextPipeline,
         cfg: DecodeConfig,
-        precision: str = "fp32",
-        options: SearchOptions = SearchOptions(),
     ) -> None:
-        self.model = model.eval()
+        self.model = model
         self.src_pipeline = src_pipeline
         self.tgt_pipeline = tgt_pipeline
         self.cfg = cfg
-        self.precision = precision
-        self.options = options
-        self.generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
+        self.device = torch.device(cfg.device)
+        # one stream of draws for the translator's life: the same seed and input give the same samples
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed) if cfg.sampling else None
 
-    @property
-    def rows_per_sentence(self) -> int:
-        """Beam search holds beam_size rows a sentence: batches shrink to match, so memory stays put."""
-        return 1 if self.options.sampling is not None else self.cfg.beam_size
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[Path], cfg: DecodeConfig) -> Translator:
+        """The system `cfg` describes from one checkpoint, or an ensemble of several that share
+        their vocabularies; the text pipelines come from the first."""
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        checkpoints = [checkpoint.load(path) for path in paths]
+        check_compatible(checkpoints, list(paths))
+        restored = [checkpoint.restore(state, path) for state, path in zip(checkpoints, paths)]
+        _, src, tgt, _ = restored[0]
+        return cls.from_models([model for model, _, _, _ in restored], src, tgt, cfg)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.precision, next(self.model.parameters()).device)
+    @classmethod
+    def from_models(
+        cls, models: Sequence[Seq2Seq], src_pipeline: TextPipeline, tgt_pipeline: TextPipeline, cfg: DecodeConfig
+    ) -> Translator:
+        """Models on cfg.device, quantized as cfg.quantize says, with their inference tables built in
+        cfg.precision; several are ensembled. The given models are moved and put in eval mode."""
+        device = torch.device(cfg.device)
+        prepared = []
+        for model in models:
+            model = model.to(device).eval()
+            if cfg.quantize == "int8":
+                model = quantize_int8(model)
+            with autocast(cfg.precision, device):
+                prepared.append(InferenceModel(model))
+        search_model = prepared[0] if len(prepared) == 1 else Ensemble(prepared)
+        return cls(search_model, src_pipeline, tgt_pipeline, cfg)
 
-    def translate(self, lines: Sequence[str]) -> list[list[Translation]]:
+    def translate(self, lines: Sequence[str], track: Track = iter) -> list[list[Translation]]:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
-        src_ids = [np.asarray(ids, dtype=np.int64) for ids in self.src_pipeline.encode(lines)]
+        src_ids = [self._source(index, ids) for index, ids in enumerate(self.src_pipeline.encode(lines))]
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
-        results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in lines]
+        results: list[list[Translation]] = [[BLANK] for _ in lines]
         nonempty = np.flatnonzero(lengths > 0)
-        with self.autocast():
-            for batch in length_batches(lengths[nonempty], self.cfg.batch_tokens // self.rows_per_sentence):
+        # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
+        rows = 1 if self.cfg.sampling else self.cfg.beam_size
+        with autocast(self.cfg.precision, self.device):
+            for batch in track(length_batches(lengths[nonempty] * rows, self.cfg.batch_tokens)):
                 indices = nonempty[batch]
-                hypotheses = search(self.model, [src_ids[i] for i in indices], self.cfg, self.options, self.generator)
-                for index, hyps in zip(indices, hypotheses):
+                batch_ids = [src_ids[i] for i in indices]
+                src = pad(batch_ids).to(self.device)
+                src_len = torch.from_numpy(lengths[indices])
+                for index, hyps in zip(indices, search(self.model, src, src_len, self.cfg, self.generator)):
                     results[index] = [self._translation(lines[index], h) for h in hyps]
         return results
 
+    def _source(self, index: int, ids: list[int]) -> np.ndarray:
+        limit = self.cfg.max_source_length
+        if len(ids) > limit and not self.cfg.truncate_source:
+            raise LineError(
+                index,
+                f"{len(ids)} subwords, over max_source_length={limit} (--max-source-length, decode.*); split "
+                "the line, raise the limit, or cut such lines with --truncate-source (decode.truncate_source=true)",
+            )
+        return np.asarray(ids[:limit], dtype=np.int64)
+
+    def attention(self, lines: Sequence[str], translations: Sequence[Translation]) -> list[AttentionMap | None]:
+        """The full attention matrix of each (line, translation of it), by reading the translation
+        back through the models (None for a blank line): for heatmaps."""
+        with autocast(self.cfg.precision, self.device):
+            return attention_maps(
+                self.model, self.device, self.src_pipeline, self.tgt_pipeline,
+                lines, [t.tokens for t in translations], self.cfg.batch_tokens,
+            )  # fmt: skip
+
     def _translation(self, line: str, hypothesis: Hypothesis) -> Translation:
         words = self.tgt_pipeline.words(hypothesis.tokens)
-        if self.options.replace_unk and UNK in hypothesis.tokens:
+        if self.cfg.replace_unk and UNK in hypothesis.tokens:
             words = self._replace_unk(line, hypothesis, words)
-        return Translation(self.tgt_pipeline.moses.detokenize(words), hypothesis.score, hypothesis.tokens)
+        text = self.tgt_pipeline.moses.detokenize(words)
+        return Translation(text, hypothesis.score, hypothesis.tokens, hypothesis.alignment)
 
     def _replace_unk(self, line: str, hypothesis: Hypothesis, words: list[str]) -> list[str]:
         """Each UNK word of the translation becomes the source word holding the subword it attends to most."""

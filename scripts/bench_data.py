@@ -94,9 +94,9 @@ def run_phase(phase: str, corpus: Path, cache: Path, num_proc: int, overrides: l
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from nmt.batching import epoch_batches, make_batch
     from nmt.cache import prepare
     from nmt.config import Config, register_configs
-    from nmt.data import epoch_batches, make_batch
 
     register_configs()
     settings = [f"data.dir={corpus}", f"data.cache_dir={cache}", f"data.num_proc={num_proc}", *overrides]
@@ -112,10 +112,11 @@ def run_phase(phase: str, corpus: Path, cache: Path, num_proc: int, overrides: l
         import torch
 
         from nmt.model import Seq2Seq
+        from nmt.run_folder import RunFolder
         from nmt.trainer import Trainer
 
         model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
-        Trainer(model, data, cfg, log=lambda record: None, save=lambda name, state: None)
+        Trainer(model, data, cfg, RunFolder(cache / "run", cfg.train, lead=False))
         plan = epoch_batches(data.train, cfg.train.batch_tokens, cfg.train.seed, 1)
         make_batch(data.train, plan[0])
         result["startup_seconds"] = time.monotonic() - STARTED  # imports included, as a training run pays them

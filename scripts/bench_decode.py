@@ -24,8 +24,9 @@ import torch
 
 from nmt import checkpoint, metrics
 from nmt.config import DecodeConfig
-from nmt.search import Hypothesis, length_penalty, max_lengths
-from nmt.translator import Translator, quantize_int8
+from nmt.precision import autocast
+from nmt.search import Hypothesis, SearchModel, length_penalty, max_lengths
+from nmt.translator import Translator
 from nmt.vocab import BOS, EOS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_files(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 @torch.no_grad()
-def naive_beam_search(model: torch.nn.Module, ids: list[int], cfg: DecodeConfig) -> Hypothesis:
+def naive_beam_search(model: SearchModel, ids: list[int], cfg: DecodeConfig) -> Hypothesis:
     """The textbook version, one sentence at a time: the same hypotheses as `beam_search`
     (top 2K candidates, EOS in the first K finishes, K finished or the length limit ends it),
     with the candidates of each step chosen in Python."""
@@ -91,11 +92,13 @@ def run_setting(args: argparse.Namespace, beam: int, precision: str) -> dict:
         torch.set_num_threads(args.threads)
     source_file, reference_file = test_files(args)
     sources, references = read_gz(source_file), read_gz(reference_file)
-    model, src, tgt, _ = checkpoint.restore(checkpoint.load(args.checkpoint), args.checkpoint)
-    if precision == "int8":
-        model = quantize_int8(model)
-    cfg = DecodeConfig(beam_size=beam, batch_tokens=args.batch_tokens)
-    translator = Translator(model, src, tgt, cfg, precision="bf16" if precision == "bf16" else "fp32")
+    cfg = DecodeConfig(
+        beam_size=beam,
+        batch_tokens=args.batch_tokens,
+        precision="bf16" if precision == "bf16" else "fp32",
+        quantize="int8" if precision == "int8" else "none",
+    )
+    translator = Translator.from_checkpoints([args.checkpoint], cfg)
     translator.translate(sources[:20])  # warm-up: first-call allocations and kernel choices
     start = time.perf_counter()
     results = translator.translate(sources)
@@ -106,8 +109,8 @@ def run_setting(args: argparse.Namespace, beam: int, precision: str) -> dict:
     bleu, signature = metrics.bleu([hyp.text for hyp in hypotheses], references)
 
     subset = range(min(args.baseline_sentences, len(sources)))
-    src_ids = src.encode([sources[i] for i in subset])
-    with translator.autocast():
+    src_ids = translator.src_pipeline.encode([sources[i] for i in subset])
+    with autocast(cfg.precision, translator.device):
         start = time.perf_counter()
         naive = [naive_beam_search(translator.model, ids, cfg) for ids in src_ids]
         naive_seconds = time.perf_counter() - start

@@ -20,12 +20,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nmt.cache import prepare
+from nmt.batching import epoch_batches, make_batch
 from nmt.config import Config, ModelConfig, register_configs
-from nmt.data import epoch_batches, make_batch
 from nmt.errors import NmtError
-from nmt.model import Seq2Seq
-from nmt.trainer import Trainer
+from nmt.run_folder import RunFolder
+from nmt.train import setup
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -75,13 +74,9 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg: Config = OmegaConf.to_object(compose("train", ["experiment=multi30k_ende", *overrides]))
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    data = prepare(cfg.data)
-    model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
-    trainer = Trainer(model, data, cfg, log=lambda record: None, save=lambda name, state: None)
-    model.to(trainer.device).train()
+    # a run folder that writes nothing: the benchmark times updates, not checkpoints
+    data, model, trainer = setup(cfg, RunFolder(Path("unused"), cfg.train, lead=False))
+    model.train()
     plan = [
         b for epoch in range(1, 100) for b in epoch_batches(data.train, cfg.train.batch_tokens, cfg.train.seed, epoch)
     ]

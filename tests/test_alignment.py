@@ -10,10 +10,10 @@ import pytest
 from conftest import tiny_config
 from matplotlib.image import imread
 
-from nmt import checkpoint, synthetic, translate
-from nmt.alignment import AttentionMap, attention_maps, format_alignment
+from nmt import synthetic, translate
+from nmt.alignment import AttentionMap, format_alignment
 from nmt.config import DecodeConfig
-from nmt.translator import Translator, search
+from nmt.translator import Translator
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,24 +40,25 @@ def test_alignment_is_the_argmax_per_target_piece() -> None:
     weights = np.array([[0.1, 0.9, 0.0], [0.6, 0.2, 0.2], [0.0, 0.0, 1.0]])  # 2 pieces + the EOS row
     found = AttentionMap(["a", "b", "c"], ["x", "y"], weights)
     assert found.alignment() == [(1, 0), (0, 1)]
-    assert format_alignment(found.alignment()) == "1-0 0-1"
+    assert format_alignment([i for i, _ in found.alignment()]) == "1-0 0-1"
 
 
-def test_forced_attention_reproduces_the_search_alignment(trained_checkpoint: Path, lines: list[str]) -> None:
-    model, src, tgt, _ = checkpoint.restore(checkpoint.load(trained_checkpoint), trained_checkpoint)
-    greedy = DecodeConfig(beam_size=1)
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_forced_attention_reproduces_the_search_alignment(
+    trained_checkpoint: Path, lines: list[str], beam_size: int
+) -> None:
+    """The heatmaps (read back through the model) and --alignments (kept by the search) agree."""
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=beam_size))
     sentences = [line for line in lines if line]
-    translations = Translator(model, src, tgt, greedy).translate(sentences)
-    maps = attention_maps(model, src, tgt, sentences, [t[0].tokens for t in translations], batch_tokens=4000)
-    for line, found, translation in zip(sentences, maps, translations):
-        ids = src.encode([line])[0]
-        # one sentence per search, as in the maps' first rows: the same shapes give the same floats
-        hypothesis = search(model, [np.asarray(ids)], greedy)[0][0]
-        assert hypothesis.tokens == translation[0].tokens
-        assert [i for i, _ in found.alignment()] == hypothesis.alignment
-        assert found.weights.shape == (len(translation[0].tokens) + 1, len(ids))
+    for line in sentences:
+        # one sentence at a time, as in the maps' first rows: the same shapes give the same floats
+        (translation, *_), *_ = translator.translate([line])
+        (found,) = translator.attention([line], [translation])
+        ids = translator.src_pipeline.encode([line])[0]
+        assert [i for i, _ in found.alignment()] == translation.alignment
+        assert found.weights.shape == (len(translation.tokens) + 1, len(ids))
         assert np.allclose(found.weights.sum(axis=1), 1.0, atol=1e-5)
-        assert found.src_pieces == src.segment([src.moses.tokenize(line)])[0]
+        assert found.src_pieces == translator.src_pipeline.segment([translator.src_pipeline.moses.tokenize(line)])[0]
 
 
 def test_alignments_and_heatmaps_beside_unchanged_translations(
@@ -77,7 +78,7 @@ def test_alignments_and_heatmaps_beside_unchanged_translations(
     assert all(row.count("\t") == 1 for row in rows[:-1])
     assert "nmt-translate:" in out.err and "nmt-translate:" not in out.out
 
-    translator = translate.load_translator(translate.parse_args(model_args))
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3))
     for line, row, hyps in zip(lines, rows, translator.translate(lines)):
         pairs = parse_pairs(row.split("\t")[1])
         if not line:

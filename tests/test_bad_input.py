@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nmt.cache import prepare
 from nmt.config import Config, DataConfig, TrainConfig
-from nmt.data import load_split
+from nmt.corpus import load_split
 from nmt.errors import NmtError
 from nmt.synthetic import generate_split
 from nmt.tokenization import MosesText, clean
@@ -85,19 +85,36 @@ def test_binary_input_is_a_clear_error(trained_checkpoint, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_five_thousand_word_line_translates_within_the_length_bound(trained_checkpoint, tmp_path):
+def translate_long_line(checkpoint: Path, folder: Path, *options: str) -> tuple[subprocess.CompletedProcess, int]:
     source, _ = generate_split("test", 3000, 1234)
     words = " ".join(source).split()[:5000]
-    (tmp_path / "long.txt").write_text(" ".join(words) + "\nA short line .\n")
+    (folder / "long.txt").write_text("A first line .\n" + " ".join(words) + "\nA short line .\n")
     result = subprocess.run(
-        [sys.executable, "-m", "nmt.translate", "-m", str(trained_checkpoint), "-i", str(tmp_path / "long.txt"),
-         "--beam-size", "2", "--max-length-ratio", "0.1", "--max-length-offset", "0", "--quiet"],
+        [sys.executable, "-m", "nmt.translate", "-m", str(checkpoint), "-i", str(folder / "long.txt"),
+         "-o", str(folder / "out.txt"), "--beam-size", "2", "--max-length-ratio", "0.1", "--max-length-offset", "0",
+         "--quiet", *options],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
+    return result, len(words)
+
+
+def test_a_five_thousand_word_line_translates_within_the_length_bound(trained_checkpoint, tmp_path):
+    result, words = translate_long_line(trained_checkpoint, tmp_path, "--max-source-length", "20000")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.split("\n")
-    assert len(lines) == 3 and lines[2] == ""
-    assert 0 < len(lines[0].split()) <= 0.1 * len(words) * 3  # at most ratio * subwords, words <= subwords
+    lines = (tmp_path / "out.txt").read_text().split("\n")
+    assert len(lines) == 4 and lines[3] == ""
+    assert 0 < len(lines[1].split()) <= 0.1 * words * 3  # at most ratio * subwords, words <= subwords
+
+
+def test_a_source_over_max_source_length_is_refused_or_cut(trained_checkpoint, tmp_path):
+    refused, _ = translate_long_line(trained_checkpoint, tmp_path, "--max-source-length", "200")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "long.txt:2: " in refused.stderr and "over max_source_length=200" in refused.stderr
+    assert "--truncate-source" in refused.stderr and not (tmp_path / "out.txt").exists()
+    cut, _ = translate_long_line(trained_checkpoint, tmp_path, "--max-source-length", "200", "--truncate-source")
+    assert cut.returncode == 0, cut.stderr
+    lines = (tmp_path / "out.txt").read_text().split("\n")
+    assert len(lines) == 4 and 0 < len(lines[1].split()) <= 0.1 * 200 + 1
 
 
 def test_training_set_empty_after_filtering_says_why(tmp_path):

@@ -14,15 +14,18 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import collate
 
 from nmt import cache, checkpoint, encoding
+from nmt.batching import epoch_batches, make_batch
 from nmt.cache import prepare
 from nmt.config import DataConfig
-from nmt.data import EncodedCorpus, collate, epoch_batches, filter_pairs, make_batch, read_parallel
+from nmt.corpus import read_parallel
+from nmt.data import EncodedCorpus, filter_pairs
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.synthetic import generate_split
-from nmt.tokenization import MosesText, learn_bpe_from_text
+from nmt.tokenization import MosesText, learn_bpe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,9 +205,9 @@ def test_bpe_is_learned_on_a_bounded_seeded_sample(corpus_dir, tmp_path, monkeyp
 
     def learn(lines, vocab_size, min_frequency):
         learned_on.append(list(lines))
-        return learn_bpe_from_text(learned_on[-1], vocab_size, min_frequency)
+        return learn_bpe(learned_on[-1], vocab_size, min_frequency)
 
-    monkeypatch.setattr(encoding, "learn_bpe_from_text", learn)
+    monkeypatch.setattr(encoding, "learn_bpe", learn)
     cfg = files_config(corpus_dir, bpe_sample_size=50, bpe_sample_seed=9)
     prepare(cfg, cache_dir=tmp_path / "cache")
     pairs = read_parallel(corpus_file(cfg, "train", "en"), corpus_file(cfg, "train", "de"))

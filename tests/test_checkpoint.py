@@ -13,8 +13,7 @@ from nmt.translator import Translator
 
 
 def translations(path: Path, lines: list[str]) -> list[str]:
-    model, src, tgt, _ = checkpoint.restore(checkpoint.load(path), path)
-    return [hyps[0].text for hyps in Translator(model, src, tgt, DecodeConfig(beam_size=3)).translate(lines)]
+    return [hyps[0].text for hyps in Translator.from_checkpoints([path], DecodeConfig(beam_size=3)).translate(lines)]
 
 
 def test_checkpoint_loads_as_plain_data(trained_checkpoint):

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
-from dataclasses import asdict
+import argparse
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
-from nmt.config import Config, DataConfig, DecodeConfig, EvaluateConfig, ModelConfig, TrainConfig, register_configs
+from nmt.config import (
+    VALIDATION_OVERRIDES,
+    Config,
+    DataConfig,
+    DecodeConfig,
+    EvaluateConfig,
+    ModelConfig,
+    TrainConfig,
+    add_flags,
+    from_flags,
+    register_configs,
+)
 from nmt.errors import NmtError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +110,88 @@ def test_evaluate_config_composes_with_a_checkpoint():
 
 
 def test_evaluate_config_without_checkpoint_fails():
-    with pytest.raises(MissingMandatoryValue, match="checkpoint"):
+    with pytest.raises(NmtError, match="checkpoint or checkpoints must be given"):
         OmegaConf.to_object(compose("evaluate"))
+
+
+def test_evaluate_config_takes_an_ensemble_and_every_decode_key():
+    overrides = ["checkpoints=[a.pt,b.pt]", "decode.quantize=int8", "decode.precision=bf16", "decode.nbest=3"]
+    cfg = OmegaConf.to_object(compose("evaluate", overrides))
+    assert cfg.models == ["a.pt", "b.pt"] and (cfg.decode.quantize, cfg.decode.precision) == ("int8", "bf16")
+    with pytest.raises(NmtError, match="checkpoint or checkpoints"):
+        OmegaConf.to_object(compose("evaluate", ["checkpoint=a.pt", "checkpoints=[b.pt]"]))
+
+
+def non_default_value(name: str) -> object:
+    """A valid value other than DecodeConfig's default for each of its keys."""
+    special = {"nbest": 2, "precision": "bf16", "quantize": "int8", "device": "cuda", "sampling_topp": 0.5}
+    if name in special:
+        return special[name]
+    default = getattr(DecodeConfig(), name)
+    return not default if isinstance(default, bool) else default + 1
+
+
+def test_every_decode_key_is_a_translate_flag_with_its_help():
+    """nmt-translate's search flags are DecodeConfig's fields: a field added there is a flag."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser, DecodeConfig, "decode")
+    flags = {action.dest: action for action in parser._actions if action.dest != "help"}
+    assert set(flags) == {item.name for item in fields(DecodeConfig)}
+    assert all(action.help for action in flags.values())
+    for item in fields(DecodeConfig):
+        value = non_default_value(item.name)
+        if item.name == "nbest":
+            argv = ["--nbest", "2"]
+        elif isinstance(value, bool):
+            argv = [f"--{item.name.replace('_', '-')}" if value else f"--no-{item.name.replace('_', '-')}"]
+        else:
+            argv = [f"--{item.name.replace('_', '-')}", str(value)]
+        if item.name == "device":
+            continue  # cuda is a valid value, but may not exist on this machine: parsing is what is checked
+        parsed = from_flags(parser.parse_args(argv), DecodeConfig)
+        assert getattr(parsed, item.name) == value
+
+
+def test_a_bad_decode_value_fails_alike_from_flags_and_from_hydra():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, DecodeConfig, "decode")
+    with pytest.raises(NmtError) as from_cli:
+        from_flags(parser.parse_args(["--beam-size", "0"]), DecodeConfig)
+    with pytest.raises(NmtError) as from_hydra:
+        OmegaConf.to_object(compose(overrides=["decode.beam_size=0"]))
+    assert str(from_cli.value) == str(from_hydra.value) == "config: decode.beam_size must be >= 1"
+
+
+@pytest.mark.parametrize("key", [item.name for item in fields(DecodeConfig)])
+def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
+    """No decode.* key is silently ignored by nmt.train."""
+    value = non_default_value(key)
+    try:
+        cfg = OmegaConf.to_object(compose(overrides=[f"decode.{key}={value}"]))
+    except NmtError as error:
+        assert key in VALIDATION_OVERRIDES and f"decode.{key}" in str(error)
+        return
+    assert key not in VALIDATION_OVERRIDES
+    assert getattr(cfg.validation_decode(), key) == value
+
+
+def test_validation_searches_with_valid_beam_size_and_training_precision():
+    cfg = OmegaConf.to_object(
+        compose(overrides=["train.valid_beam_size=4", "train.precision=bf16", "decode.length_penalty=0.6"])
+    )
+    search = cfg.validation_decode()
+    assert (search.beam_size, search.precision, search.length_penalty, search.nbest) == (4, "bf16", 0.6, 1)
+
+
+def test_yaml_files_hold_only_what_differs_from_the_dataclass_defaults():
+    """Else editing a default in nmt/config.py would change nothing where the YAML repeats it."""
+    schemas = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig}
+    for group, schema in schemas.items():
+        defaults = asdict(schema())
+        for path in sorted((CONF / group).glob("*.yaml")):
+            values = OmegaConf.to_container(OmegaConf.load(path)) or {}
+            repeated = [key for key, value in values.items() if defaults.get(key) == value]
+            assert not repeated, f"{path.relative_to(REPO)} repeats the defaults of {repeated}"
 
 
 @pytest.mark.parametrize(

@@ -5,21 +5,13 @@ import gzip
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import collate, read_lines
 
+from nmt.batching import epoch_batches, make_batch, plan_batches
 from nmt.cache import prepare
 from nmt.config import DataConfig
-from nmt.data import (
-    EncodedCorpus,
-    IdColumn,
-    collate,
-    epoch_batches,
-    filter_pairs,
-    load_split,
-    make_batch,
-    plan_batches,
-    read_lines,
-    read_parallel,
-)
+from nmt.corpus import load_split, read_parallel
+from nmt.data import EncodedCorpus, IdColumn, filter_pairs
 from nmt.errors import NmtError
 from nmt.vocab import BOS, EOS, PAD
 

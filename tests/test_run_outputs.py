@@ -15,8 +15,9 @@ from tokenizers import trainers
 
 from nmt import tokenization
 from nmt.errors import NmtError
+from nmt.run_folder import tensorboard_scalars
 from nmt.tokenization import bpe_progress, learn_bpe
-from nmt.train import run, tensorboard_scalars
+from nmt.train import run
 
 TRAIN_KEYS = {"step", "epoch", "minutes", "loss", "ppl", "lr", "grad_norm", "tgt_tokens_per_s", "nonfinite_skipped"}
 VALID_KEYS = {"step", "epoch", "minutes", "valid_loss", "valid_ppl", "valid_bleu", "valid_chrf", "best_score"}
@@ -106,7 +107,7 @@ def test_missing_tensorboard_fails_before_any_work(tmp_path: Path, monkeypatch: 
 
 
 def test_bpe_progress_is_on_only_inside_its_block(bpe_bars: list[bool]) -> None:
-    lines = [["a", "b", "ab"], ["ba", "abab"]] * 5
+    lines = ["a b ab", "ba abab"] * 5
     learn_bpe(lines, 20, 1)
     with bpe_progress(True):
         learn_bpe(lines, 20, 1)

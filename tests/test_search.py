@@ -14,12 +14,10 @@ import torch
 from conftest import tiny_config
 
 from nmt import checkpoint, synthetic
-from nmt.config import ModelConfig
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import Seq2Seq
 from nmt.search import (
-    Constraints,
     Hypothesis,
-    Sampling,
     ban_repeated_ngrams,
     beam_search,
     coverage_penalty,
@@ -100,7 +98,6 @@ def sources(*lengths: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-UNCONSTRAINED = Constraints()
 
 
 def one_sentence(batch: Batch, row: int) -> Batch:
@@ -117,10 +114,15 @@ def beam(
     alpha: float = 0.0,
     ratio: float = 1.0,
     offset: int = 0,
-    constraints: Constraints = UNCONSTRAINED,
+    **decode: object,
 ) -> list[list[Hypothesis]]:
+    """Beam search with these settings; `decode` holds further DecodeConfig keys."""
     src, src_len = batch
-    return beam_search(model, src, src_len, beam_size, nbest, ratio, offset, alpha, constraints=constraints)
+    cfg = DecodeConfig(
+        beam_size=beam_size, length_penalty=alpha, max_length_ratio=ratio, max_length_offset=offset, **decode
+    )
+    cfg.nbest = nbest  # past the config's check: beam search can finish more than beam_size hypotheses
+    return beam_search(model, src, src_len, cfg)
 
 
 def greedy(
@@ -129,10 +131,11 @@ def greedy(
     alpha: float = 0.0,
     ratio: float = 1.0,
     offset: int = 0,
-    constraints: Constraints = UNCONSTRAINED,
+    **decode: object,
 ) -> list[list[Hypothesis]]:
     src, src_len = batch
-    return greedy_search(model, src, src_len, ratio, offset, alpha, constraints=constraints)
+    cfg = DecodeConfig(beam_size=1, length_penalty=alpha, max_length_ratio=ratio, max_length_offset=offset, **decode)
+    return greedy_search(model, src, src_len, cfg)
 
 
 def assert_hypotheses(actual: list[Hypothesis], expected: list[tuple[list[int], float, float]]) -> None:
@@ -261,17 +264,16 @@ def test_greedy_normalizes_its_score_with_the_length_penalty() -> None:
 def test_min_length_holds_eos_back(search: str) -> None:
     # EOS is best at every step; from step 2 on it is allowed
     model = never_ends({EOS: 0.5, A: 0.3, B: 0.2})
-    constraints = Constraints(min_length=2)
     if search == "greedy":
-        (hypotheses,) = greedy(model, sources(5), constraints=constraints)
+        (hypotheses,) = greedy(model, sources(5), min_length=2)
     else:
-        (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=1, constraints=constraints)
+        (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=1, min_length=2)
     assert_hypotheses(hypotheses, [([A, A], math.log(0.3 * 0.3 * 0.5), math.log(0.3 * 0.3 * 0.5))])
 
 
 def test_the_length_limit_wins_over_min_length() -> None:
     model = never_ends({EOS: 0.5, A: 0.3, B: 0.2})
-    (hypotheses,) = greedy(model, sources(2), ratio=1.0, offset=0, constraints=Constraints(min_length=5))
+    (hypotheses,) = greedy(model, sources(2), ratio=1.0, offset=0, min_length=5)
     assert_hypotheses(hypotheses, [([A, A], math.log(0.3 * 0.3 * 0.5), math.log(0.3 * 0.3 * 0.5))])
 
 
@@ -289,12 +291,12 @@ def test_ban_repeated_ngrams_bans_what_would_complete_a_seen_ngram() -> None:
 def test_no_repeat_ngram_of_one_never_repeats_a_token() -> None:
     model = never_ends({A: 0.6, B: 0.3, EOS: 0.1})
     # A, then B (A is spent), then only EOS is left
-    (hypotheses,) = greedy(model, sources(5), constraints=Constraints(no_repeat_ngram=1))
+    (hypotheses,) = greedy(model, sources(5), no_repeat_ngram=1)
     log_prob = math.log(0.6 * 0.3 * 0.1)
     assert_hypotheses(hypotheses, [([A, B], log_prob, log_prob)])
 
     # A B and B A tie; A A B and the like would be likelier without the ban
-    (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=2, constraints=Constraints(no_repeat_ngram=1))
+    (hypotheses,) = beam(model, sources(5), beam_size=2, nbest=2, no_repeat_ngram=1)
     assert sorted(h.tokens for h in hypotheses) == [[A, B], [B, A]]
     assert [h.log_prob for h in hypotheses] == pytest.approx([log_prob, log_prob])
 
@@ -317,9 +319,7 @@ def attend_one_after_a(prefix: tuple[int, ...]) -> int:
 @pytest.mark.parametrize("beta", [0.0, 0.2])
 def test_coverage_penalty_prefers_the_hypothesis_that_covers_the_source(beta: float) -> None:
     model = ScriptedModel(lambda sentence, prefix: COVERAGE.get(prefix, {EOS: 1.0}), attend=attend_one_after_a)
-    (hypotheses,) = beam(
-        model, sources(2), beam_size=2, nbest=2, offset=2, constraints=Constraints(coverage_penalty=beta)
-    )
+    (hypotheses,) = beam(model, sources(2), beam_size=2, nbest=2, offset=2, coverage_penalty=beta)
 
     short = ([B], math.log(0.6), math.log(0.6) + beta * math.log(1e-10))
     long = ([A, A], math.log(0.4), math.log(0.4))
@@ -330,7 +330,7 @@ def test_coverage_penalty_prefers_the_hypothesis_that_covers_the_source(beta: fl
 
 def test_greedy_reports_alignment_and_coverage_penalty() -> None:
     model = ScriptedModel(lambda sentence, prefix: COVERAGE.get(prefix, {EOS: 1.0}), attend=attend_one_after_a)
-    (hypotheses,) = greedy(model, sources(2), offset=2, constraints=Constraints(coverage_penalty=0.2))
+    (hypotheses,) = greedy(model, sources(2), offset=2, coverage_penalty=0.2)
     assert_hypotheses(hypotheses, [([B], math.log(0.6), math.log(0.6) + 0.2 * math.log(1e-10))])
     assert hypotheses[0].alignment == [0]
 
@@ -338,26 +338,27 @@ def test_greedy_reports_alignment_and_coverage_penalty() -> None:
 def test_sampling_draws_within_top_k_and_top_p_and_repeats_with_a_seed() -> None:
     log_probs = torch.tensor([[0.05, 0.1, 0.15, 0.3, 0.4]]).log().expand(2000, 5)
 
-    def draws(sampling: Sampling, seed: int = 0) -> torch.Tensor:
-        return sample(log_probs, sampling, torch.Generator().manual_seed(seed))
+    def draws(seed: int = 0, **sampling: float) -> torch.Tensor:
+        return sample(log_probs, DecodeConfig(sampling=True, **sampling), torch.Generator().manual_seed(seed))
 
-    assert set(draws(Sampling(top_k=2)).tolist()) == {3, 4}
-    assert set(draws(Sampling(top_p=0.7)).tolist()) == {3, 4}  # 0.4 + 0.3 reaches 0.7
-    assert set(draws(Sampling(top_p=0.75)).tolist()) == {2, 3, 4}
-    assert set(draws(Sampling(top_k=1, temperature=5.0)).tolist()) == {4}
-    assert len(set(draws(Sampling()).tolist())) == 5
-    assert torch.equal(draws(Sampling(top_p=0.9), seed=3), draws(Sampling(top_p=0.9), seed=3))
-    assert not torch.equal(draws(Sampling(top_p=0.9), seed=3), draws(Sampling(top_p=0.9), seed=4))
+    assert set(draws(sampling_topk=2).tolist()) == {3, 4}
+    assert set(draws(sampling_topp=0.7).tolist()) == {3, 4}  # 0.4 + 0.3 reaches 0.7
+    assert set(draws(sampling_topp=0.75).tolist()) == {2, 3, 4}
+    assert set(draws(sampling_topk=1, temperature=5.0).tolist()) == {4}
+    assert len(set(draws().tolist())) == 5
+    assert torch.equal(draws(3, sampling_topp=0.9), draws(3, sampling_topp=0.9))
+    assert not torch.equal(draws(3, sampling_topp=0.9), draws(4, sampling_topp=0.9))
     # a high temperature flattens the distribution: the least likely token is drawn more often
-    hot = (draws(Sampling(temperature=10.0)) == 0).float().mean()
-    assert hot > 2 * (draws(Sampling()) == 0).float().mean()
+    hot = (draws(temperature=10.0) == 0).float().mean()
+    assert hot > 2 * (draws() == 0).float().mean()
 
 
 def test_greedy_with_top_1_sampling_is_greedy() -> None:
     model = ScriptedModel(hashed_next_tokens)
     batch = sources(3, 1, 6, 2)
     src, src_len = batch
-    sampled = greedy_search(model, src, src_len, 1.0, 2, 0.6, sampling=Sampling(top_k=1), generator=torch.Generator())
+    cfg = DecodeConfig(sampling=True, sampling_topk=1, length_penalty=0.6, max_length_ratio=1.0, max_length_offset=2)
+    sampled = greedy_search(model, src, src_len, cfg, generator=torch.Generator())
     assert sampled == greedy(ScriptedModel(hashed_next_tokens), batch, alpha=0.6, offset=2)
 
 

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from conftest import read_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sacremoses import MosesPunctNormalizer
 from tokenizers import Tokenizer
 
-from nmt.data import read_lines
 from nmt.synthetic import generate_split
-from nmt.tokenization import END_OF_WORD, MosesText, TextPipeline, build_pipelines
+from nmt.tokenization import END_OF_WORD, MosesText, TextPipeline, learn_bpe
 from nmt.vocab import BOS, EOS, FILLER, PAD, SIZE_MULTIPLE, SPECIAL_TOKENS, UNK, Vocabulary
 
 MULTI30K_LINES = 2000
@@ -18,7 +18,18 @@ def learn_pipelines(src_lines, tgt_lines, src_lang, tgt_lang, vocab_size, joint=
     src_moses, tgt_moses = MosesText(src_lang), MosesText(tgt_lang)
     src_tokens = [src_moses.tokenize(line) for line in src_lines]
     tgt_tokens = [tgt_moses.tokenize(line) for line in tgt_lines]
-    return build_pipelines(src_lang, tgt_lang, src_tokens, tgt_tokens, vocab_size, 2, joint)
+    text = {"src": [" ".join(tokens) for tokens in src_tokens], "tgt": [" ".join(tokens) for tokens in tgt_tokens]}
+    if joint:
+        src_bpe = tgt_bpe = learn_bpe([*text["src"], *text["tgt"]], vocab_size, 2)
+    else:
+        src_bpe, tgt_bpe = learn_bpe(text["src"], vocab_size, 2), learn_bpe(text["tgt"], vocab_size, 2)
+
+    def pipeline(lang, bpe, tokens):
+        """Each side's vocabulary holds the pieces that occur on that side, as in preparation."""
+        unfinished = TextPipeline(lang, bpe, Vocabulary(SPECIAL_TOKENS))
+        return TextPipeline(lang, bpe, Vocabulary.build(unfinished.segment(tokens)))
+
+    return pipeline(src_lang, src_bpe, src_tokens), pipeline(tgt_lang, tgt_bpe, tgt_tokens)
 
 
 FILLERS = {FILLER.format(i) for i in range(SIZE_MULTIPLE)}

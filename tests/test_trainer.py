@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import collate, tiny_config
 
 from nmt import checkpoint
 from nmt.average import average
+from nmt.batching import epoch_batches
 from nmt.cache import prepare
-from nmt.data import collate, epoch_batches
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
+from nmt.run_folder import RunFolder
 from nmt.schedule import exponential, inverse_sqrt
 from nmt.trainer import Trainer
 
@@ -106,13 +107,15 @@ def test_checkpoint_survives_a_kill_during_writing(tmp_path):
 
 
 def tiny_trainer(tmp_path, **train):
-    cfg = tiny_config(**{"valid_metric": "loss", **train})
+    cfg = tiny_config(**{"valid_metric": "loss", "progress": False, **train})
     data = prepare(cfg.data)
     torch.manual_seed(0)
     model = Seq2Seq(cfg.model, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
-    records, saved = [], {}
-    trainer = Trainer(model, data, cfg, records.append, lambda name, state: saved.__setitem__(name, state))
-    return trainer, records, saved
+    return Trainer(model, data, cfg, RunFolder(tmp_path, cfg.train))
+
+
+def saved_step(tmp_path, name):
+    return torch.load(tmp_path / "checkpoints" / name, weights_only=True)["step"]
 
 
 def validation_losses(trainer, losses):
@@ -121,16 +124,16 @@ def validation_losses(trainer, losses):
 
 
 def test_early_stopping_after_patience_validations_without_improvement(tmp_path):
-    trainer, records, saved = tiny_trainer(tmp_path, max_steps=1000, valid_every=2, patience=2)
+    trainer = tiny_trainer(tmp_path, max_steps=1000, valid_every=2, patience=2)
     validation_losses(trainer, [3.0, 2.0, 2.5, 2.0, 1.0])
     progress = trainer.fit()
-    assert [r["valid_loss"] for r in records if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
+    assert [r["valid_loss"] for r in trainer.run.records if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
     assert progress.step == 8 and progress.best_score == -2.0
-    assert saved["best.pt"]["step"] == 4 and saved["last.pt"]["step"] == 8
+    assert saved_step(tmp_path, "best.pt") == 4 and saved_step(tmp_path, "last.pt") == 8
 
 
 def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
-    trainer, _, _ = tiny_trainer(tmp_path, lr=1e-2)
+    trainer = tiny_trainer(tmp_path, lr=1e-2)
     trainer.module.decoder.dropout.p = trainer.module.encoder.dropout.p = 0.0
     corpus = trainer.data.train
     first, second = epoch_batches(corpus, 600, seed=1, epoch=1)[:2]
@@ -141,7 +144,7 @@ def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
     start = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     trainer.update([batch(first), batch(second)])
     accumulated = {k: v.clone() for k, v in trainer.module.state_dict().items()}
-    reference, _, _ = tiny_trainer(tmp_path, lr=1e-2)
+    reference = tiny_trainer(tmp_path, lr=1e-2)
     reference.module.load_state_dict(start)
     reference.module.decoder.dropout.p = reference.module.encoder.dropout.p = 0.0
     reference.update([batch([*first, *second])])
@@ -150,7 +153,7 @@ def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
 
 
 def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
-    trainer, _, _ = tiny_trainer(tmp_path, max_nonfinite=3)
+    trainer = tiny_trainer(tmp_path, max_nonfinite=3)
     corpus = trainer.data.train
     batch = collate([corpus.src_ids[0]], [corpus.tgt_ids[0]])
     before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
@@ -173,7 +176,7 @@ def test_schedules():
 
 
 def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
-    trainer, records, _ = tiny_trainer(
+    trainer = tiny_trainer(
         tmp_path, lr=0.01, max_steps=6, valid_every=2, schedule="plateau", plateau_patience=0, plateau_factor=0.5
     )
     validation_losses(trainer, [2.0, 1.0, 1.5])
