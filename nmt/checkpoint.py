@@ -12,6 +12,7 @@ the meta device, so a damaged or altered file fails with one line naming it and 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import reprlib
@@ -24,11 +25,13 @@ from typing import Any, TypeVar
 import torch
 from tokenizers import Tokenizer
 
-from nmt.config import DataConfig, ModelConfig
+from nmt.config import Config, DataConfig, ModelConfig
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.tokenization import TextPipeline
 from nmt.vocab import SPECIAL_TOKENS, Vocabulary
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = (
@@ -44,6 +47,32 @@ REQUIRED_KEYS = (
 # Far beyond any network that fits in memory. The meta-device build allocates nothing, but it
 # takes time per layer, and its shape arithmetic must stay within int64.
 SIZE_LIMITS = {"embed_size": 2**24, "hidden_size": 2**24, "encoder_layers": 64, "decoder_layers": 64}
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "progress", "rng")  # what `Trainer.load_state_dict` reads
+# Settings a resumed run may change and still be the same run: when to stop, what to report, how
+# often to save, where it runs. Every other data or train setting shapes the updates (corpus,
+# subwords, batches, optimizer, schedule, the validations that drive plateau and best.pt), so a
+# change makes another run, or is silently ignored: the BPE models and the optimizer's learning
+# rate come from the checkpoint.
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "data.cache_dir",
+        "data.num_proc",
+        "train.max_epochs",
+        "train.max_steps",
+        "train.max_minutes",
+        "train.patience",
+        "train.max_nonfinite",
+        "train.log_every",
+        "train.progress",
+        "train.tensorboard",
+        "train.save_every",
+        "train.keep_last",
+        "train.resume",
+        "train.resume_changed",
+        "train.threads",
+        "train.device",
+    }
+)
 
 T = TypeVar("T")
 
@@ -136,6 +165,53 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
     model = Seq2Seq(model_cfg, src.vocab_size, tgt.vocab_size)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), src, tgt, model_cfg
+
+
+def changed_settings(state: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (value in the checkpoint, value now) for each data or train setting that differs,
+    except those in MAY_CHANGE_ON_RESUME. A setting the checkpoint lacks (it is older) counts at its
+    default; a checkpoint without a train config (older) is compared on its data config only."""
+    changed = {}
+    stored = {"data": state["data_config"], "train": state.get("train_config")}
+    for group, current in (("data", cfg.data), ("train", cfg.train)):
+        if not isinstance(stored[group], dict):
+            continue
+        for field in dataclasses.fields(current):
+            key, now = f"{group}.{field.name}", getattr(current, field.name)
+            before = stored[group].get(field.name, _default(field))
+            if key not in MAY_CHANGE_ON_RESUME and before != now:
+                changed[key] = (before, now)
+    return changed
+
+
+def check_resumable(state: dict[str, Any], path: Path, cfg: Config) -> None:
+    """Refuse to continue a run from a checkpoint unless that continues the same run: it must hold
+    the training state (best.pt and averages hold weights only), and its data and train settings
+    must be today's (or train.resume_changed=true)."""
+    missing = [key for key in TRAINING_STATE if key not in state]
+    if missing:
+        raise NmtError(
+            f"{path}: holds weights only, without the training state a resume needs ({', '.join(missing)}); "
+            "resume from the last.pt of that run, or start afresh with train.resume=none or another hydra.run.dir"
+        )
+    changed = changed_settings(state, cfg)
+    listing = "; ".join(f"{key} {reprlib.repr(old)} -> {reprlib.repr(new)}" for key, (old, new) in changed.items())
+    if changed and not cfg.train.resume_changed:
+        raise NmtError(
+            f"{path}: this run was trained with other settings ({listing}); resume with the same values, "
+            "set train.resume_changed=true to continue it anyway, or start afresh with train.resume=none "
+            "or another hydra.run.dir"
+        )
+    if changed:
+        log.warning(
+            "continuing %s with changed settings (train.resume_changed=true): %s; the BPE models and the "
+            "optimizer's learning rate still come from the checkpoint",
+            path, listing,
+        )  # fmt: skip
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _fits(value: Any, kind: Any) -> bool:

@@ -146,6 +146,8 @@ def run(cfg: Config, out_dir: Path) -> float:
         torch.set_num_threads(cfg.train.threads)
     resume = resume_path(cfg.train.resume, out_dir)
     state = checkpoint.load(resume) if resume else None
+    if state:
+        checkpoint.check_resumable(state, resume, cfg)
     if state and ModelConfig(**state["model_config"]) != cfg.model:
         raise NmtError(
             f"{resume}: trained with model config {state['model_config']}; resume with the same model "
