@@ -2,12 +2,16 @@
 
     python -m nmt.average runs/ende/checkpoints/step-*.pt -o runs/ende/checkpoints/average.pt
 The checkpoints must share the model config and vocabularies; the output keeps the first one's
-config, BPE models and vocabularies, so `nmt-translate` loads it like any other.
+config, BPE models and vocabularies, so `nmt-translate` loads it like any other. It holds weights
+only, no training state: a run cannot be resumed from it.
+The output is refused, before any work, if it is one of the inputs, a folder, a file that is not
+a checkpoint, or cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +46,41 @@ def average(checkpoints: list[dict[str, Any]], paths: list[Path]) -> dict[str, A
     }
 
 
+def check_output(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output that would overwrite an input or a file that is not a checkpoint, or cannot be written."""
+    if output.is_dir():
+        raise NmtError(f"{output}: is a folder; name the averaged checkpoint's file, e.g. {output / 'average.pt'}")
+    if output.exists():
+        same = [path for path in inputs if path.exists() and os.path.samefile(path, output)]
+        if same:
+            raise NmtError(f"{output}: is also an input ({same[0]}); write the average to a new file")
+        try:
+            checkpoint.load(output)
+        except NmtError as error:
+            raise NmtError(f"{output}: exists and is not a checkpoint, so it is not overwritten ({error})") from None
+    folder = next(parent for parent in output.absolute().parents if parent.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise NmtError(f"{output}: cannot be written: {folder} is not a folder this user may write to")
+
+
+def average_files(inputs: list[Path], output: Path) -> None:
+    check_output(output, inputs)
+    averaged = average([checkpoint.load(path) for path in inputs], inputs)
+    checkpoint.restore(averaged, output)  # refuse to write what nmt-translate could not load
+    try:
+        checkpoint.save(output, averaged)
+    except OSError as error:
+        raise NmtError(f"{output}: cannot be written ({error.strerror or error})") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nmt.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("-o", "--output", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    def run() -> None:
-        averaged = average([checkpoint.load(path) for path in args.checkpoints], args.checkpoints)
-        checkpoint.restore(averaged, args.output)  # refuse to write what nmt-translate could not load
-        checkpoint.save(args.output, averaged)
-        print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")
-
-    exit_on_user_error(run)
+    exit_on_user_error(lambda: average_files(args.checkpoints, args.output))
+    print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")
 
 
 if __name__ == "__main__":

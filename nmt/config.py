@@ -128,6 +128,7 @@ class TrainConfig:
     save_every: int = 0  # steps between last.pt writes (also at each validation and at the end); 0 = those only
     keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
     resume: str = "auto"  # auto (continue the run in the output dir if any) | none | PATH of a last.pt
+    resume_changed: bool = False  # continue a run even though its data or train settings changed
     max_nonfinite: int = 5  # abort after this many updates in a row with a non-finite loss or gradient
     precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default

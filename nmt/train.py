@@ -83,6 +83,8 @@ def setup(cfg: Config, run: RunFolder, resume: Path | None = None) -> tuple[Prep
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     state = checkpoint.load(resume) if resume else None
+    if state:
+        checkpoint.check_resumable(state, resume, cfg)
     if state and ModelConfig(**state["model_config"]) != cfg.model:
         raise NmtError(
             f"{resume}: trained with model config {state['model_config']}; resume with the same model "

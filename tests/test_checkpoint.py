@@ -1,4 +1,6 @@
 import pickle
+import re
+import resource
 import zipfile
 from pathlib import Path
 
@@ -109,3 +111,83 @@ def test_pickle_payload_never_runs(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     assert not marker.exists()
+
+
+def altered(trained_checkpoint: Path, tmp_path: Path, change) -> Path:
+    """A copy of a real checkpoint with one thing changed by `change(state)`."""
+    state = torch.load(trained_checkpoint, weights_only=True)
+    change(state)
+    path = tmp_path / "altered.pt"
+    torch.save(state, path)
+    return path
+
+
+def one_line_error(path: Path) -> str:
+    with pytest.raises(NmtError) as error:
+        checkpoint.load(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return message
+
+
+def setter(key: str, value: object, inner: str | None = None):
+    def change(state):
+        if inner is None:
+            state[key] = value
+        else:
+            state[key][inner] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (setter("format_version", "1"), "format '1' is not one nmt writes"),
+        (setter("format_version", -1), "format -1 is not one nmt writes"),
+        (setter("format_version", 0), "format 0 is not one nmt writes"),
+        (setter("format_version", True), "format True is not one nmt writes"),
+        (setter("format_version", 1.0), "format 1.0 is not one nmt writes"),
+        (setter("model_config", [64, 128]), "model_config is a list, not a dict"),
+        (setter("model_config", 2, "layers"), "model_config has an unknown setting 'layers'"),
+        (setter("model_config", "64", "embed_size"), "model_config.embed_size is '64', not of type int"),
+        (setter("model_config", 64.0, "embed_size"), "model_config.embed_size is 64.0, not of type int"),
+        (setter("model_config", True, "dropout"), "model_config.dropout is True, not of type float"),
+        (setter("data_config", {"train": 1}, "splits"), "data_config.splits is {'train': 1}, not of type dict"),
+        (setter("model_config", 3, "hidden_size"), "model_config holds an impossible value (config: model.hidden_size"),
+        (setter("data_config", "tgt", "src_lang"), "data_config holds an impossible value (config: data.tgt_lang"),
+        (setter("model_config", 10**6, "encoder_layers"), "model_config.encoder_layers is 1000000, over 64"),
+        (setter("src_bpe", "{not json"), "src_bpe is not a BPE model tokenizers can read (key must be a string"),
+        (setter("tgt_bpe", "{}"), "tgt_bpe is not a BPE model tokenizers can read"),
+        (setter("tgt_bpe", None), "tgt_bpe is a NoneType, not a BPE model"),
+        (lambda state: state.update(tgt_vocab=state["tgt_vocab"][4:]), "tgt_vocab does not start with the special"),
+        (lambda state: state["src_vocab"].__setitem__(-1, state["src_vocab"][5]), "src_vocab holds"),
+        (lambda state: state["src_vocab"].__setitem__(2, "<unk>"), "src_vocab does not start with the special"),
+        (lambda state: state["tgt_vocab"].__setitem__(9, 9), "tgt_vocab is not a list of strings"),
+        (lambda state: state["model"].pop("output.bias"), "1 missing, such as output.bias"),
+        (setter("model", torch.zeros(1), "extra.weight"), "1 unexpected, such as 'extra.weight'"),
+        (setter("model", [0.0], "output.bias"), "output.bias is not a floating-point tensor"),
+        (lambda state: state["model"].__setitem__("output.bias", state["model"]["output.bias"].long()), "floating"),
+        (setter("model", "weights"), "model is a str, not a dict of weights"),
+    ],
+)
+def test_altered_checkpoint_is_refused_in_one_line(trained_checkpoint, tmp_path, change, expected):
+    assert expected in one_line_error(altered(trained_checkpoint, tmp_path, change))
+
+
+def test_huge_sizes_fail_before_anything_is_allocated(trained_checkpoint, tmp_path):
+    """embed_size=2**22 would need over 10 GB of weights; the network is first built on the meta device."""
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    path = altered(trained_checkpoint, tmp_path, setter("model_config", 2**22, "embed_size"))
+    assert re.search(r"encoder.embed.weight has shape \(\d+, 64\), they need \(\d+, 4194304\)$", one_line_error(path))
+    with pytest.raises(NmtError, match="do not match"):
+        checkpoint.restore(torch.load(path, weights_only=True), path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 1024**2
+
+
+def test_checkpoint_older_than_a_setting_loads_with_its_default(trained_checkpoint, tmp_path):
+    def drop_newer_settings(state):
+        del state["data_config"]["num_proc"], state["model_config"]["tie_embeddings"]
+
+    path = altered(trained_checkpoint, tmp_path, drop_newer_settings)
+    assert checkpoint.restore(checkpoint.load(path), path)[3].tie_embeddings is False
