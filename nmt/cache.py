@@ -11,10 +11,13 @@ time and memory do not grow with the corpus; every DDP rank opens the entry rank
 Length filters (data.max_length, data.max_length_ratio) apply to the lengths at start-up, so
 changing them needs no rebuild.
 
-A build is written to a hidden folder beside the entry and renamed into place once complete, so
-a killed build never leaves an entry a later run would trust; the next build of that entry on
-the same host removes the leftovers. When two processes build one entry at once, the first
-rename wins and the other uses its result.
+One process builds an entry: it holds a file lock (`.<entry>.lock`, removed when it is done)
+while the others preparing the same entry wait, then open what it built. A build is
+written to a hidden folder beside the entry and renamed into place once complete, so a killed
+build never leaves an entry a later run would trust. The next build removes the leftovers: those
+of the same entry whose process (on this host) no longer runs, and any build folder nothing was
+written to for a day. Should two builds run at once all the same (hosts whose file system does
+not share locks), the first rename wins and the other process uses its result.
 
 An entry holds:
     meta.json                   what it was built from, pair counts, build time
@@ -28,10 +31,13 @@ applied when a batch is made, so a checkpoint's pipelines read the entry built w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import inspect
+import itertools
 import json
+import logging
 import mmap
 import os
 import re
@@ -39,13 +45,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 
 from nmt import synthetic
@@ -58,7 +65,9 @@ from nmt.tokenization import TextPipeline
 from nmt.vocab import Vocabulary
 
 FORMAT_VERSION = 2  # bump when what an entry stores, or how text becomes ids, changes
+ABANDONED_AFTER = 24 * 3600  # seconds without a write after which any build folder counts as abandoned
 Pipelines = tuple[TextPipeline, TextPipeline]
+log = logging.getLogger(__name__)
 
 
 def cache_root(setting: str) -> Path:
@@ -79,9 +88,12 @@ def prepare(cfg: DataConfig, pipelines: Pipelines | None = None, cache_dir: Path
     if pipelines and not (entry.is_dir() and _same_bpe(entry, pipelines)):
         inputs["bpe"] = {"given": _digest(pipeline.bpe.to_str() for pipeline in pipelines)}
         entry = root / entry_name(cfg, inputs)
-    built = not entry.is_dir()
-    if built:
-        _build(entry, cfg, inputs, pipelines)
+    built = False
+    if not entry.is_dir():
+        with _entry_lock(entry):
+            built = not entry.is_dir()  # false when another process built it while this one waited
+            if built:
+                _build(entry, cfg, inputs, pipelines)
     data = _open(entry, cfg, pipelines)
     data.built, data.seconds = built, time.monotonic() - start
     return data
@@ -143,18 +155,50 @@ def _same_bpe(entry: Path, pipelines: Pipelines) -> bool:
     return stored == [pipeline.bpe.to_str() for pipeline in pipelines]
 
 
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """Hold the entry's lock, waiting while another process holds it.
+
+    Only processes that found no entry take it, so torchrun's other ranks, which open the entry
+    rank 0 prepared, never wait here. The holder removes the lock file before letting go, so the
+    cache keeps none; a process that then wins the removed file locks the file on the path anew.
+    """
+    root, lock_file = entry.parent, entry.parent / f".{entry.name}.lock"
+    lock = FileLock(lock_file)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s: another process is preparing this corpus; waiting for it", entry)
+            lock.acquire()
+        while not lock_file.exists():  # won a removed file (recent filelock versions check this themselves)
+            lock.release()
+            lock.acquire()
+    except OSError as error:
+        raise _unwritable(root, error) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # gone already, or another user's in a shared cache
+            lock_file.unlink()
+        lock.release()
+
+
+def _unwritable(root: Path, error: OSError) -> NmtError:
+    return NmtError(
+        f"{root}: cannot keep prepared corpora there ({error}); set data.cache_dir or NMT_CACHE to a writable folder"
+    )
+
+
 def _build(entry: Path, cfg: DataConfig, inputs: dict[str, Any], pipelines: Pipelines | None) -> None:
     """Encode the corpus into a hidden folder, then rename that to `entry` in one step."""
     root = entry.parent
     try:
-        root.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_builds(root, entry.name)
         work = Path(tempfile.mkdtemp(prefix=f".build-{entry.name}-{socket.gethostname()}-{os.getpid()}-", dir=root))
     except OSError as error:
-        raise NmtError(
-            f"{root}: cannot keep prepared corpora there ({error}); "
-            "set data.cache_dir or NMT_CACHE to a writable folder"
-        ) from None
+        raise _unwritable(root, error) from None
     try:
         start = time.monotonic()
         encoded = encode_splits(work, cfg, (pipelines[0].bpe, pipelines[1].bpe) if pipelines else None)
@@ -187,12 +231,24 @@ def _build(entry: Path, cfg: DataConfig, inputs: dict[str, Any], pipelines: Pipe
 
 
 def _remove_abandoned_builds(root: Path, name: str) -> None:
-    """Builds of this entry whose process (on this host) no longer runs: killed part-way."""
-    prefix = f".build-{name}-{socket.gethostname()}-"
-    for folder in root.glob(f"{prefix}*"):
-        pid = folder.name.removeprefix(prefix).split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
+    """Builds killed part-way: this entry's whose process (on this host) no longer runs, and any
+    build folder, whatever its settings or host, that nothing was written to for ABANDONED_AFTER."""
+    for folder in root.glob(".build-*"):
+        # .build-{entry}-{host}-{pid}-{mkdtemp's suffix, which has no "-"}
+        owner = re.fullmatch(rf"\.build-(.+)-{re.escape(socket.gethostname())}-(\d+)-[^-]*", folder.name)
+        if owner and _running(int(owner[2])):
+            continue
+        if (owner and owner[1] == name) or _untouched_for(folder, ABANDONED_AFTER):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _untouched_for(folder: Path, seconds: float) -> bool:
+    """Whether nothing in `folder` was modified for `seconds` (a running build keeps writing)."""
+    cutoff = time.time() - seconds
+    try:
+        return all(path.lstat().st_mtime < cutoff for path in itertools.chain([folder], folder.rglob("*")))
+    except OSError:  # changing while we look: in use
+        return False
 
 
 def _running(pid: int) -> bool:

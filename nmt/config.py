@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -308,9 +309,12 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Make the schemas known to Hydra; `conf/*.yaml` name them in their defaults lists."""
+    """Make the schemas known to Hydra; `conf/*.yaml` name them in their defaults lists. `${nmt.pid:}`
+    in a default run folder is the process id, so runs started in the same microsecond get their own."""
     from hydra.core.config_store import ConfigStore  # only the Hydra entry points need it
+    from omegaconf import OmegaConf
 
+    OmegaConf.register_new_resolver("nmt.pid", os.getpid, use_cache=True, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=Config)
     store.store(name="evaluate_schema", node=EvaluateConfig)

@@ -146,8 +146,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dict_cfg: DictConfig) -> float:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    return exit_on_user_error(lambda: run(OmegaConf.to_object(dict_cfg), out_dir))
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+
+    def train() -> float:
+        named = any(override.startswith("hydra.run.dir=") for override in hydra_cfg.overrides.hydra)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not named:
+            # the default folder holds each process's start time and id: every rank would get its own
+            raise NmtError("under torchrun, name the run folder with hydra.run.dir=..., the same for every rank")
+        return run(OmegaConf.to_object(dict_cfg), out_dir)
+
+    return exit_on_user_error(train)
 
 
 if __name__ == "__main__":

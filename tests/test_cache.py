@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -149,6 +150,61 @@ def test_a_failed_build_leaves_nothing_and_a_killed_one_is_cleaned_up(corpus_dir
     assert entries(root) == [alive.name]  # the dead process's leftover is gone, nothing half-built remains
     monkeypatch.undo()
     assert prepare(cfg, cache_dir=root).built and (root / name / "meta.json").exists()
+
+
+def test_build_folders_untouched_for_a_day_are_removed_whatever_their_settings(tmp_path):
+    root = tmp_path / "cache"
+    abandoned, busy, recent = (root / f".build-other.en-de-{n}-otherhost-7{n}-abc{n}" for n in range(3))
+    for folder in (abandoned, busy):
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "ids.arrow").write_bytes(b"ids")
+    recent.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in (abandoned / "train" / "ids.arrow", abandoned / "train", abandoned, busy / "train", busy):
+        os.utime(path, (two_days_ago, two_days_ago))  # busy's ids.arrow was written just now
+    data = prepare(DataConfig(synthetic_train_pairs=300, bpe_vocab_size=100, num_proc=1), cache_dir=root)
+    assert entries(root) == sorted([data.cache.name, busy.name, recent.name])
+
+
+PREPARE_WHEN_TOLD = """
+import json, logging, os, sys, time
+from pathlib import Path
+from nmt.cache import prepare
+from nmt.config import DataConfig
+logging.basicConfig(level=logging.INFO)
+folder = Path(sys.argv[1])
+(folder / f"ready-{os.getpid()}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.01)
+cfg = DataConfig(synthetic_train_pairs=300, bpe_vocab_size=100, num_proc=1)
+data = prepare(cfg, cache_dir=folder / "cache")
+print(json.dumps({"built": data.built, "cache": str(data.cache)}))
+"""
+
+
+def test_processes_preparing_one_corpus_at_once_build_it_once(tmp_path):
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE_WHEN_TOLD, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+        )
+        for _ in range(2)
+    ]
+    while len(list(tmp_path.glob("ready-*"))) < 2:
+        assert all(process.poll() is None for process in processes), [p.communicate()[1] for p in processes]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()  # both have imported everything: they ask for the entry within milliseconds
+    finished = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [stderr for _, stderr in finished]
+    results = [json.loads(stdout) for stdout, _ in finished]
+    assert sorted(result["built"] for result in results) == [False, True]
+    waited = next(stderr for (_, stderr), result in zip(finished, results) if not result["built"])
+    assert "another process is preparing this corpus; waiting for it" in waited
+    assert results[0]["cache"] == results[1]["cache"]
+    assert entries(tmp_path / "cache") == [Path(results[0]["cache"]).name]  # no lock file, no build folder
 
 
 def test_an_entry_finished_first_by_another_process_is_used(corpus_dir, tmp_path):

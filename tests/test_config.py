@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -107,6 +109,19 @@ def test_evaluate_config_composes_with_a_checkpoint():
     assert cfg.split == "test"
     assert cfg.data.corpus == "synthetic"
     assert cfg.decode.beam_size == 3
+
+
+@pytest.mark.parametrize(
+    ("config_name", "key", "parent"),
+    [("train", "run", "runs"), ("train", "sweep", "runs/multirun"), ("evaluate", "run", "runs/eval")],
+)
+def test_default_output_folders_hold_the_microsecond_and_the_process_id(config_name, key, parent):
+    register_configs()
+    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        folders = [hydra.compose(config_name, return_hydra_config=True).hydra[key].dir for _ in range(2)]
+    pattern = rf"{parent}/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{{6}}_{os.getpid()}"
+    assert all(re.fullmatch(pattern, folder) for folder in folders), folders
+    assert folders[0] != folders[1]  # composed microseconds apart
 
 
 def test_evaluate_config_without_checkpoint_fails():

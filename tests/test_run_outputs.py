@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from nmt.run_folder import tensorboard_scalars
 from nmt.tokenization import bpe_progress, learn_bpe
 from nmt.train import run
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = {"step", "epoch", "minutes", "loss", "ppl", "lr", "grad_norm", "tgt_tokens_per_s", "nonfinite_skipped"}
 VALID_KEYS = {"step", "epoch", "minutes", "valid_loss", "valid_ppl", "valid_bleu", "valid_chrf", "best_score"}
 
@@ -119,3 +123,47 @@ def test_tensorboard_tags_group_training_and_validation() -> None:
     record = {"step": 4, "epoch": 1, "minutes": 0.1, "valid_bleu": 3.0, "best_score": 3.0}
     assert tensorboard_scalars(record) == {"valid/bleu": 3.0, "valid/best_score": 3.0}
     assert tensorboard_scalars({"step": 2, "loss": 5.0, "lr": 0.1}) == {"train/loss": 5.0, "train/lr": 0.1}
+
+
+TRAIN_WHEN_TOLD = """
+import os, runpy, time
+from pathlib import Path
+import nmt.train  # the imports take seconds; done before both are told to start
+Path(f"ready-{os.getpid()}").touch()
+while not Path("go").exists():
+    time.sleep(0.01)
+runpy.run_module("nmt.train", run_name="__main__", alter_sys=True)  # python -m nmt.train OVERRIDES
+"""
+
+
+def test_two_runs_started_at_once_get_their_own_run_folders(tmp_path: Path) -> None:
+    """Both processes pick Hydra's default run folder within milliseconds of each other; with a
+    folder per second they shared it and overwrote each other's checkpoints and metrics."""
+    overrides = [
+        "data.synthetic_train_pairs=200", "data.bpe_vocab_size=100", "data.num_proc=1",
+        f"data.cache_dir={tmp_path / 'cache'}", "model.embed_size=8", "model.hidden_size=8",
+        "train.batch_tokens=600", "train.max_epochs=0", "train.max_steps=1", "train.valid_metric=loss",
+        "train.threads=1",
+    ]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TRAIN_WHEN_TOLD, *overrides],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    while len(list(tmp_path.glob("ready-*"))) < 2:
+        assert all(process.poll() is None for process in processes), [p.communicate()[1] for p in processes]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    finished = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [stderr for _, stderr in finished]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert (folder / "checkpoints" / "last.pt").exists() and (folder / "checkpoints" / "best.pt").exists()
+        assert [record["step"] for record in read_records(folder)] == [1]  # its own run's only record
