@@ -182,7 +182,7 @@ class DecodeConfig:
         6000, "search rows x padded source subwords per batch (beam search holds beam_size rows a sentence)"
     )
     max_length_ratio: float = option(2.0, "a translation ends at ratio x source subwords + max_length_offset")
-    max_length_offset: int = option(10, "see max_length_ratio")
+    max_length_offset: int = option(10, "subwords added to max_length_ratio x source subwords")
     min_length: int = option(0, "target subwords before the end of sentence may be chosen")
     max_source_length: int = option(
         1024, "a sentence of more source subwords is refused (search time grows with its square length)"
@@ -199,8 +199,8 @@ class DecodeConfig:
     sampling_topp: float = option(1.0, "with sampling: draw among the fewest tokens reaching probability P; 1 = all")
     temperature: float = option(1.0, "with sampling: divides the log-probabilities; > 1 flattens, < 1 sharpens")
     seed: int = option(0, "with sampling: seed of the random generator")
-    precision: str = option("fp32", "fp32 | bf16 (autocast) | fp16 (autocast, CUDA only)")
-    quantize: str = option("none", "none | int8 (dynamic quantization of linear and LSTM weights, CPU only)")
+    precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
+    quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
     threads: int = option(0, "torch intra-op threads; 0 = torch's default")
 

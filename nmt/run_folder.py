@@ -70,8 +70,6 @@ class RunFolder:
         self.records: list[dict[str, Any]] = []
         writer_class = summary_writer_class() if cfg.tensorboard and lead else None
         self.bars = cfg.progress and lead  # tqdm bars also hide themselves when stderr is not a terminal
-        if lead:
-            path.mkdir(parents=True, exist_ok=True)
         self.writer = writer_class(log_dir=str(path / "tensorboard")) if writer_class else None
         self.bar = tqdm(desc="training", unit="step", dynamic_ncols=True, disable=None if self.bars else True)
 
@@ -89,6 +87,7 @@ class RunFolder:
         if not self.lead:
             return
         log.info(_format(record))
+        self.path.mkdir(parents=True, exist_ok=True)  # not before: a run refused at start-up leaves nothing
         with (self.path / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(record) + "\n")
         if self.writer:

@@ -242,3 +242,15 @@ def test_impossible_value_raises_nmt_error_naming_the_key(overrides, key):
         OmegaConf.to_object(cfg)
     assert type(raised.value) is NmtError
     assert str(raised.value).startswith(f"config: {key} must be")
+
+
+def test_readme_table_of_decode_options_is_the_dataclass():
+    """README's table of search options, row for row as DecodeConfig defines them."""
+    defaults = DecodeConfig()
+    rows = [
+        f"| `{name}` | `--{name.replace('_', '-')}` | `{getattr(defaults, name)}` | {help_text} |"
+        for name, help_text in ((item.name, item.metadata["help"]) for item in fields(DecodeConfig))
+    ]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    header = "| `decode.*` key | `nmt-translate` flag | default | meaning |\n|---|---|---|---|\n"
+    assert header + "\n".join(rows) + "\n" in readme, "README's decode table should read:\n" + header + "\n".join(rows)
