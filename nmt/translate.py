@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from nmt.alignment import AttentionMap, format_alignment
 from nmt.config import DecodeConfig, add_flags, from_flags
@@ -109,7 +110,10 @@ def translate(args: argparse.Namespace) -> None:
                 translate_stream(translator, args, source, label, file)
 
 
-def translate_stream(translator: Translator, args: argparse.Namespace, source, label: str, output) -> None:
+def translate_stream(
+    translator: Translator, args: argparse.Namespace, source: IO[bytes], label: str, output: IO[str]
+) -> None:
+    """Translate `source` chunk by chunk into `output`, flushing after each chunk."""
     start, done, heatmaps = time.monotonic(), 0, 0
     for lines in read_chunks(source, label, args.chunk_lines, args.max_line_chars):
         try:

@@ -129,6 +129,16 @@ def test_evaluate_cli_writes_report(trained_checkpoint, tmp_path):
     assert len((tmp_path / "hypotheses.txt").read_text().splitlines()) == 1000
 
 
+def test_evaluate_sweeps_over_decode_options(trained_checkpoint, tmp_path):
+    result = run_cli(
+        "nmt.evaluate", "-m", f"checkpoint={trained_checkpoint}", "data.synthetic_train_pairs=3000",
+        "decode.beam_size=2", "decode.length_penalty=0.0,1.4", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads((tmp_path / str(job) / "report.json").read_text()) for job in (0, 1)]
+    assert [report["decode"]["length_penalty"] for report in reports] == [0.0, 1.4]
+
+
 def test_evaluate_cli_mismatched_parallel_files(trained_checkpoint, tmp_path):
     (tmp_path / "src.txt").write_text("a\nb\nc\n")
     (tmp_path / "ref.txt").write_text("a\nb\n")
