@@ -80,9 +80,13 @@ def attention_maps(
     lines: Sequence[str],
     translations: Sequence[Sequence[int]],
     batch_tokens: int,
+    max_source_length: int,
 ) -> list[AttentionMap | None]:
-    """One map per (raw source line, target ids of its translation); None for a blank line."""
-    pieces = src_pipeline.segment([src_pipeline.moses.tokenize(line) for line in lines])
+    """One map per (raw source line, target ids of its translation); None for a blank line. The
+    source is cut to `max_source_length` subwords, as search cuts it."""
+    pieces = [
+        p[:max_source_length] for p in src_pipeline.segment([src_pipeline.moses.tokenize(line) for line in lines])
+    ]
     nonempty = [k for k, p in enumerate(pieces) if p]
     weights = forced_attention(
         model,

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pickle
 import reprlib
-import tempfile
 import typing
 from collections import Counter
 from pathlib import Path
@@ -27,6 +25,7 @@ from tokenizers import Tokenizer
 
 from nmt.config import Config, DataConfig, ModelConfig
 from nmt.errors import NmtError
+from nmt.files import atomic_output
 from nmt.model import Seq2Seq
 from nmt.tokenization import TextPipeline
 from nmt.vocab import SPECIAL_TOKENS, Vocabulary
@@ -67,6 +66,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "train.tensorboard",
         "train.save_every",
         "train.keep_last",
+        "decode.batch_tokens",
         "train.resume",
         "train.resume_changed",
         "train.threads",
@@ -79,16 +79,8 @@ T = TypeVar("T")
 
 def save(path: Path, checkpoint: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb", into_special_files=False) as file:
+        torch.save(checkpoint, file)
 
 
 def make(
@@ -168,12 +160,13 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
 
 
 def changed_settings(state: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """Dotted key -> (value in the checkpoint, value now) for each data or train setting that differs,
-    except those in MAY_CHANGE_ON_RESUME. A setting the checkpoint lacks (it is older) counts at its
-    default; a checkpoint without a train config (older) is compared on its data config only."""
+    """Dotted key -> (value in the checkpoint, value now) for each data, train or decode setting that
+    differs (decode.* shapes validation, so best.pt and the schedule), except those in
+    MAY_CHANGE_ON_RESUME. A setting the checkpoint lacks (it is older) counts at its default; a
+    checkpoint without a train or decode config (older) is compared on what it has."""
     changed = {}
-    stored = {"data": state["data_config"], "train": state.get("train_config")}
-    for group, current in (("data", cfg.data), ("train", cfg.train)):
+    stored = {"data": state["data_config"], "train": state.get("train_config"), "decode": state.get("decode_config")}
+    for group, current in (("data", cfg.data), ("train", cfg.train), ("decode", cfg.decode)):
         if not isinstance(stored[group], dict):
             continue
         for field in dataclasses.fields(current):

@@ -219,6 +219,12 @@ class DecodeConfig:
         _require(self.sampling_topk >= 0, "decode.sampling_topk", ">= 0")
         _require(0 < self.sampling_topp <= 1, "decode.sampling_topp", "in (0, 1]")
         _require(self.temperature > 0, "decode.temperature", "> 0")
+        for key in SAMPLING_KEYS:
+            _require(
+                self.sampling or getattr(self, key) == DECODE_DEFAULTS[key],
+                f"decode.{key}",
+                "left at its default without decode.sampling (it only shapes sampling)",
+            )
         _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
         _require(
             self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
@@ -226,6 +232,10 @@ class DecodeConfig:
         _require(self.quantize in QUANTIZATIONS, "decode.quantize", f"one of {QUANTIZATIONS}")
         _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
         _require(self.threads >= 0, "decode.threads", ">= 0")
+
+
+SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "temperature", "seed")
+DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 
 def add_flags(parser: argparse.ArgumentParser, schema: type, title: str) -> None:
@@ -248,6 +258,7 @@ def from_flags(args: argparse.Namespace, schema: type[T]) -> T:
 # decode.* keys that training does not take from the decode group (the rest all shape validation's search)
 VALIDATION_OVERRIDES = {
     "beam_size": "train.valid_beam_size",
+    "sampling": "search (a sampled validation BLEU would pick best.pt by chance)",
     "nbest": "the best translation",
     "precision": "train.precision",
     "device": "train.device",
@@ -277,6 +288,7 @@ class Config:
                 f"decode.{key}",
                 f"left at its default in training, where validation uses {instead}",
             )
+        self.validation_decode()  # what validation will search with must be possible (fp16 needs CUDA, ...)
 
     def validation_decode(self) -> DecodeConfig:
         """The search of validation BLEU: decode.* but for what training itself decides."""
@@ -306,6 +318,51 @@ class EvaluateConfig:
     @property
     def models(self) -> list[str]:
         return self.checkpoints or [self.checkpoint]
+
+
+@dataclass
+class ServeConfig:
+    """`nmt-serve`: where it listens, and the limits that keep one client from harming the others."""
+
+    host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 exposes the service to the network")
+    port: int = option(8000, "TCP port")
+    max_wait_ms: float = option(5.0, "a batch waits this long for more requests' sentences before it runs")
+    max_sentences: int = option(64, "texts in one request")
+    max_chars: int = option(2000, "characters in one text")
+    max_body_bytes: int = option(1_000_000, "bytes in one request body")
+    max_beam_size: int = option(10, "the largest beam_size a request may ask for")
+    max_nbest: int = option(5, "the largest nbest a request may ask for")
+    max_queue: int = option(1024, "sentences waiting per model; more are refused with 429")
+    timeout_s: float = option(30.0, "a request not answered by then gets 504 and its sentences leave the queue")
+    api_key: str = option("", "if set (or $NMT_API_KEY), every endpoint but /healthz needs 'Authorization: Bearer KEY'")
+
+    def __post_init__(self) -> None:
+        _require(0 < self.port < 65536, "serve.port", "in [1, 65535]")
+        _require(self.max_wait_ms >= 0, "serve.max_wait_ms", ">= 0")
+        for key in ("max_sentences", "max_chars", "max_body_bytes", "max_beam_size", "max_nbest", "max_queue"):
+            _require(getattr(self, key) >= 1, f"serve.{key}", ">= 1")
+        _require(self.timeout_s > 0, "serve.timeout_s", "> 0")
+
+
+@dataclass
+class ServedModel:
+    """One model of `nmt-serve --config models.yaml`: its checkpoints (several: an ensemble) and decode settings."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.checkpoints), "checkpoints", "a list of one or more checkpoint files")
+
+
+@dataclass
+class ServedModels:
+    """`nmt-serve --config models.yaml`: `models: {id: {checkpoints: [...], decode: {...}}}`."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.models), "models", "at least one model id with its checkpoints")
 
 
 def register_configs() -> None:

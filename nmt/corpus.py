@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def iter_lines(path: Path, on_bad_line: str = "error") -> Iterator[str]:
                 number, line = next(lines)
             except StopIteration:
                 return
-            except (OSError, EOFError) as error:  # a corrupt or truncated gzip stream
+            except (OSError, EOFError, zlib.error) as error:  # a corrupt or truncated gzip stream
                 raise NmtError(f"{path}: cannot read ({error})") from None
             try:
                 text = line.removesuffix(b"\n").decode("utf-8")

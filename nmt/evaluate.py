@@ -25,10 +25,9 @@ from nmt import metrics
 from nmt.config import EvaluateConfig, register_configs
 from nmt.corpus import load_split, read_parallel
 from nmt.errors import LineError, NmtError, exit_on_user_error
-from nmt.files import atomic_output
+from nmt.files import atomic_output, check_distinct
 from nmt.tokenization import MosesText
-from nmt.translate import format_output
-from nmt.translator import Translator
+from nmt.translator import Translator, format_translations
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,14 @@ def run(cfg: EvaluateConfig, out_dir: Path) -> dict[str, Any]:
         "decode": asdict(cfg.decode),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(cfg.source), Path(cfg.reference)] if cfg.source else []
+    for name in ("hypotheses.txt", "nbest.txt", "report.json"):
+        check_distinct(out_dir / name, [*inputs, *paths])
     with atomic_output(out_dir / "hypotheses.txt") as file:
         file.write("".join(f"{h}\n" for h in hypotheses))
     if cfg.decode.nbest > 1:
         with atomic_output(out_dir / "nbest.txt") as file:
-            file.write(format_output(results, cfg.decode.nbest))
+            file.write(format_translations(results, cfg.decode.nbest))
     with atomic_output(out_dir / "report.json") as file:
         file.write(json.dumps(report, indent=2) + "\n")
     return report

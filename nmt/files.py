@@ -15,8 +15,10 @@ import contextlib
 import gzip
 import os
 import select
+import stat
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -36,15 +38,26 @@ def check_distinct(output: Path, others: Iterable[Path], what: str = "an input o
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
+def atomic_output(path: Path, mode: str = "w", into_special_files: bool = True) -> Iterator[IO]:
     """A file that becomes `path` when the block ends without an error; else `path` is untouched
-    and the error says so."""
+    and the error says so. It gets the mode the file had (new: 0666 less the umask). A target that
+    is not a regular file (/dev/null, a named pipe, /dev/stdout) is written directly, as it cannot
+    be replaced, unless `into_special_files` is False: then it is replaced like any file."""
+    encoding = {} if "b" in mode else {"encoding": "utf-8"}
+    if into_special_files and path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        try:
+            with path.open(mode, **encoding) as file:
+                yield file
+            return
+        except OSError as error:
+            raise NmtError(f"{path}: cannot write ({error.strerror or error})") from None
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise NmtError(f"{path}: cannot write ({error.strerror}); check the folder exists and is writable") from None
     try:
-        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        os.fchmod(handle, _file_mode(path))
+        with os.fdopen(handle, mode, **encoding) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -58,6 +71,20 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions of the file being replaced, or those a new file would get."""
+    try:
+        return stat.S_IMODE(path.lstat().st_mode) if path.is_file() and not path.is_symlink() else _default_mode()
+    except OSError:
+        return _default_mode()
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def open_input(name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
@@ -96,7 +123,7 @@ def read_chunks(file: IO[bytes], label: str, size: int, max_chars: int) -> Itera
     while True:
         try:
             data = file.read1(READ_BYTES)
-        except (OSError, EOFError) as error:  # a corrupt or truncated gzip stream, a read error
+        except (OSError, EOFError, zlib.error) as error:  # a corrupt or truncated gzip stream, a read error
             raise NmtError(f"{label}: cannot read after line {number} ({error}); is the file complete?") from None
         if data:
             *complete, pending = (pending + data).split(b"\n")

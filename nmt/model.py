@@ -76,20 +76,16 @@ class Seq2Seq(nn.Module):
         return self.output_proj(hidden if positions is None else hidden[positions])
 
     def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
+        self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource, reuse_logits: bool = False
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S).
-        `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam)."""
+        `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam).
+        With `reuse_logits` (no gradients) the log-probs are written over the logits."""
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask, source.gate_table
         )
         logits = self.logits(self.output_proj(hidden.squeeze(1))).float()
-        # in CPU search (no gradients) the (B, V) scores overwrite the logits: the largest tensor of a
-        # step is then allocated once, which lets decoding batches grow within the same memory; the
-        # CPU kernel finishes reading a row before writing it (checked equal in tests), GPU kernels
-        # are not relied on to do the same
-        in_place = logits.device.type == "cpu" and not torch.is_grad_enabled()
-        log_probs = torch.log_softmax(logits, dim=-1, out=logits if in_place else None)
+        log_probs = torch.log_softmax(logits, dim=-1, out=logits if reuse_logits else None)
         return log_probs, state, attention.squeeze(1)
 
 
@@ -109,4 +105,8 @@ class InferenceModel:
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        return self.model.step(prev_tokens, state, source)
+        # on the CPU the (B, V) scores overwrite the logits: the largest tensor of a step is then
+        # allocated once, which lets decoding batches grow within the same memory; the CPU kernel
+        # finishes reading a row before writing it (checked equal in tests), GPU kernels are not
+        # relied on to do the same
+        return self.model.step(prev_tokens, state, source, reuse_logits=self.gate_table.device.type == "cpu")

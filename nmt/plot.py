@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nmt.errors import NmtError, exit_on_user_error
+from nmt.files import atomic_output
 from nmt.tokenization import END_OF_WORD
 from nmt.vocab import SPECIAL_TOKENS
 
@@ -152,7 +153,8 @@ def write_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     written = []
     for name, figure in figures.items():
         path = out_dir / f"{name}.png"
-        figure.savefig(path)
+        with atomic_output(path, "wb", into_special_files=False) as file:
+            figure.savefig(file, format="png")
         written.append(path)
     return written
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.config import TrainConfig
 from nmt.errors import NmtError
+from nmt.files import atomic_output
 
 if TYPE_CHECKING:
     from nmt.trainer import Progress
@@ -135,5 +136,7 @@ class RunFolder:
             "nonfinite_skipped": progress.nonfinite_total,
         }
         if self.lead:
-            (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            self.path.mkdir(parents=True, exist_ok=True)
+            with atomic_output(self.path / "summary.json") as file:
+                file.write(json.dumps(summary, indent=2) + "\n")
         return summary

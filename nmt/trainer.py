@@ -110,7 +110,8 @@ class Trainer:
         data = self.data
         return checkpoint.make(
             self.module, self.cfg.model, self.cfg.data, data.src_pipeline, data.tgt_pipeline,
-            step=self.progress.step, train_config=dataclasses.asdict(self.cfg.train), **extra,
+            step=self.progress.step, train_config=dataclasses.asdict(self.cfg.train),
+            decode_config=dataclasses.asdict(self.cfg.decode), **extra,
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import IO
 
-from nmt.alignment import AttentionMap, format_alignment
+from nmt.alignment import AttentionMap
 from nmt.config import DecodeConfig, add_flags, from_flags
 from nmt.errors import LineError, NmtError, exit_on_user_error
 from nmt.files import atomic_output, check_distinct, open_input, read_chunks
-from nmt.translator import Translation, Translator
+from nmt.translator import Translator, format_translations
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,20 +54,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def format_output(results: list[list[Translation]], nbest: int, first_line: int = 0, alignments: bool = False) -> str:
-    """The lines for stdout; with `alignments` each translation gets its alignment."""
-    if nbest == 1:
-        if not alignments:
-            return "".join(f"{hyps[0].text}\n" for hyps in results)
-        return "".join(f"{hyps[0].text}\t{format_alignment(hyps[0].alignment)}\n" for hyps in results)
-    return "".join(
-        f"{first_line + k} ||| {hyp.text} ||| {hyp.score:.4f}"
-        + (f" ||| {format_alignment(hyp.alignment)}\n" if alignments else "\n")
-        for k, hyps in enumerate(results)
-        for hyp in hyps
-    )
-
-
 def write_heatmaps(folder: Path, maps: list[AttentionMap | None], first_line: int, limit: int) -> int:
     """DIR/000001.png ... for each non-blank line (1-based numbers) until `limit` files exist;
     each is written beside its name and renamed onto it, so a link planted there is replaced,
@@ -79,7 +65,7 @@ def write_heatmaps(folder: Path, maps: list[AttentionMap | None], first_line: in
         if found is None or written == limit:
             continue
         figure = attention_figure(found.weights, found.src_pieces, found.tgt_pieces, title=f"line {number}")
-        with atomic_output(folder / f"{number:06d}.png", "wb") as file:
+        with atomic_output(folder / f"{number:06d}.png", "wb", into_special_files=False) as file:
             figure.savefig(file, format="png")
         written += 1
     return written
@@ -123,10 +109,10 @@ def translate_stream(
         if args.attention_dir and heatmaps < args.max_heatmaps:
             maps = translator.attention(lines, [hyps[0] for hyps in results])
             heatmaps += write_heatmaps(args.attention_dir, maps, done, args.max_heatmaps - heatmaps)
-        output.write(format_output(results, translator.cfg.nbest, done, args.alignments))
+        output.write(format_translations(results, translator.cfg.nbest, done, args.alignments))
         output.flush()
         done += len(lines)
-        if not args.quiet:
+        if not args.quiet and not source.isatty():  # at a terminal, the translations are the progress
             rate = done / (time.monotonic() - start)
             print(f"nmt-translate: {done} lines, {rate:.1f} sentences/s", file=sys.stderr, flush=True)
 

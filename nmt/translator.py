@@ -10,6 +10,7 @@ detokenizes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from nmt import checkpoint
-from nmt.alignment import AttentionMap, attention_maps
+from nmt.alignment import AttentionMap, attention_maps, format_alignment
 from nmt.batching import length_batches
 from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble, check_compatible
@@ -38,9 +39,6 @@ class Translation:
     score: float
     tokens: list[int]  # target subword ids, without BOS and EOS
     alignment: list[int]  # per target subword, the source subword position it attended to most
-
-
-BLANK = Translation("", 0.0, [], [])
 
 
 class Translator:
@@ -88,11 +86,19 @@ class Translator:
         search_model = prepared[0] if len(prepared) == 1 else Ensemble(prepared)
         return cls(search_model, src_pipeline, tgt_pipeline, cfg)
 
+    def with_options(self, **changes: object) -> Translator:
+        """The same models and pipelines searching with other settings, checked as any DecodeConfig;
+        for what inference itself depends on (device, precision, quantization) build another."""
+        fixed = {"device", "precision", "quantize", "threads"} & changes.keys()
+        if fixed:
+            raise ValueError(f"{sorted(fixed)} are set when the models are loaded: build another Translator")
+        return Translator(self.model, self.src_pipeline, self.tgt_pipeline, dataclasses.replace(self.cfg, **changes))
+
     def translate(self, lines: Sequence[str], track: Track = iter) -> list[list[Translation]]:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
         src_ids = [self._source(index, ids) for index, ids in enumerate(self.src_pipeline.encode(lines))]
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
-        results: list[list[Translation]] = [[BLANK] for _ in lines]
+        results = [[Translation("", 0.0, [], [])] for _ in lines]  # what a blank line gets
         nonempty = np.flatnonzero(lengths > 0)
         # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
         rows = 1 if self.cfg.sampling else self.cfg.beam_size
@@ -122,7 +128,7 @@ class Translator:
         with autocast(self.cfg.precision, self.device):
             return attention_maps(
                 self.model, self.device, self.src_pipeline, self.tgt_pipeline,
-                lines, [t.tokens for t in translations], self.cfg.batch_tokens,
+                lines, [t.tokens for t in translations], self.cfg.batch_tokens, self.cfg.max_source_length,
             )  # fmt: skip
 
     def _translation(self, line: str, hypothesis: Hypothesis) -> Translation:
@@ -146,3 +152,20 @@ class Translator:
         )
         unk = self.tgt_pipeline.vocab.pieces[UNK]
         return [next(copies) if word == unk else word for word in words]
+
+
+def format_translations(
+    results: list[list[Translation]], nbest: int, first_line: int = 0, alignments: bool = False
+) -> str:
+    """The lines nmt-translate prints: the best translation per line, or with nbest > 1 Moses n-best
+    rows "LINE ||| translation ||| score"; with `alignments` each gets its alignment."""
+    if nbest == 1:
+        if not alignments:
+            return "".join(f"{hyps[0].text}\n" for hyps in results)
+        return "".join(f"{hyps[0].text}\t{format_alignment(hyps[0].alignment)}\n" for hyps in results)
+    return "".join(
+        f"{first_line + k} ||| {hyp.text} ||| {hyp.score:.4f}"
+        + (f" ||| {format_alignment(hyp.alignment)}\n" if alignments else "\n")
+        for k, hyps in enumerate(results)
+        for hyp in hyps
+    )

@@ -14,6 +14,7 @@ from nmt import metrics
 from nmt.batching import epoch_batches, make_batch
 from nmt.config import Config
 from nmt.data import EncodedCorpus, PreparedData
+from nmt.errors import LineError, NmtError
 from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.precision import autocast
@@ -47,7 +48,13 @@ def validate(model: Seq2Seq, data: PreparedData, cfg: Config, track: Track) -> d
     if cfg.train.valid_metric == "bleu":
         # a new engine each time: its inference tables belong to these weights
         translator = Translator.from_models([model], data.src_pipeline, data.tgt_pipeline, cfg.validation_decode())
-        results = translator.translate(data.val.src_text, lambda batches: track(batches, "validation"))
+        try:
+            results = translator.translate(data.val.src_text, lambda batches: track(batches, "validation"))
+        except LineError as error:
+            raise NmtError(
+                f"validation split {cfg.data.splits['val']!r}, {error}; raise decode.max_source_length or set "
+                "decode.truncate_source=true"
+            ) from None
         hypotheses = [hyps[0].text for hyps in results]
         record["valid_bleu"], _ = metrics.bleu(hypotheses, data.val.tgt_text)
         record["valid_chrf"], _ = metrics.chrf(hypotheses, data.val.tgt_text)

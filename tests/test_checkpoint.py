@@ -43,7 +43,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(NmtError, match="last.pt: cannot write \\(disk full\\); it was not written"):
         checkpoint.save(target, {"value": torch.zeros(3)})
     assert torch.equal(torch.load(target, weights_only=True)["value"], torch.ones(3))
     assert list(tmp_path.iterdir()) == [target]

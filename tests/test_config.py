@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from nmt.config import (
+    SAMPLING_KEYS,
     VALIDATION_OVERRIDES,
     Config,
     DataConfig,
@@ -161,8 +162,8 @@ def test_every_decode_key_is_a_translate_flag_with_its_help():
             argv = [f"--{item.name.replace('_', '-')}" if value else f"--no-{item.name.replace('_', '-')}"]
         else:
             argv = [f"--{item.name.replace('_', '-')}", str(value)]
-        if item.name == "device":
-            continue  # cuda is a valid value, but may not exist on this machine: parsing is what is checked
+        if item.name in SAMPLING_KEYS:
+            argv.append("--sampling")  # they only shape sampling, and are refused without it
         parsed = from_flags(parser.parse_args(argv), DecodeConfig)
         assert getattr(parsed, item.name) == value
 
@@ -179,15 +180,28 @@ def test_a_bad_decode_value_fails_alike_from_flags_and_from_hydra():
 
 @pytest.mark.parametrize("key", [item.name for item in fields(DecodeConfig)])
 def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
-    """No decode.* key is silently ignored by nmt.train."""
+    """No decode.* key is silently ignored by nmt.train: validation searches with it, or training
+    refuses it naming the key."""
     value = non_default_value(key)
     try:
         cfg = OmegaConf.to_object(compose(overrides=[f"decode.{key}={value}"]))
     except NmtError as error:
-        assert key in VALIDATION_OVERRIDES and f"decode.{key}" in str(error)
+        assert key in VALIDATION_OVERRIDES or key in SAMPLING_KEYS  # sampling keys need decode.sampling
+        assert f"decode.{key}" in str(error)
         return
     assert key not in VALIDATION_OVERRIDES
     assert getattr(cfg.validation_decode(), key) == value
+
+
+def test_sampling_settings_without_sampling_are_refused():
+    with pytest.raises(NmtError, match="decode.temperature must be left at its default without decode.sampling"):
+        DecodeConfig(temperature=0.5)
+    assert DecodeConfig(sampling=True, temperature=0.5).temperature == 0.5
+
+
+def test_training_refuses_a_validation_search_it_cannot_run():
+    with pytest.raises(NmtError, match="decode.precision must be fp32 or bf16 on the CPU"):
+        OmegaConf.to_object(compose(overrides=["train.precision=fp16"]))
 
 
 def test_validation_searches_with_valid_beam_size_and_training_precision():

@@ -124,3 +124,33 @@ def test_atomic_output_keeps_the_old_file_when_the_block_fails(tmp_path: Path) -
     with atomic_output(target) as file:
         file.write("new")
     assert target.read_text() == "new"
+
+
+def test_a_corrupt_gzip_input_is_one_line(trained_checkpoint: Path, source: Path, tmp_path: Path) -> None:
+    packed = bytearray(gzip.compress(source.read_bytes() * 50))
+    packed[len(packed) // 2] ^= 0xFF  # a flipped byte: zlib, not EOF, complains
+    (tmp_path / "bad.txt.gz").write_bytes(bytes(packed))
+    result = translate("-m", str(trained_checkpoint), "-i", str(tmp_path / "bad.txt.gz"))
+    assert_one_line_error(result, "bad.txt.gz: cannot read after line")
+
+
+def test_outputs_keep_their_permissions_and_special_files_are_written_not_replaced(tmp_path: Path) -> None:
+    existing = tmp_path / "existing.txt"
+    existing.write_text("old")
+    existing.chmod(0o640)
+    with atomic_output(existing) as file:
+        file.write("new")
+    assert (existing.stat().st_mode & 0o777) == 0o640 and existing.read_text() == "new"
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "fresh.txt") as file:
+            file.write("x")
+    finally:
+        os.umask(umask)
+    assert ((tmp_path / "fresh.txt").stat().st_mode & 0o777) == 0o644
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    with atomic_output(fifo) as file:
+        file.write("through the pipe\n")
+    assert reader.communicate(timeout=10)[0] == b"through the pipe\n" and fifo.is_fifo()

@@ -1,0 +1,294 @@
+"""nmt-serve: a real server process on a loopback port and a real HTTP client for what a client
+sees (translations, order, n-best, batching across requests, floods, draining, the API key); the
+app in-process for every limit and error code."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import tiny_config
+from fastapi.testclient import TestClient
+
+from nmt import synthetic
+from nmt.config import DecodeConfig, ServeConfig
+from nmt.service import create_app
+from nmt.translator import Translator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    data = tiny_config().data
+    lines, _ = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)
+    return lines[:40]
+
+
+@pytest.fixture(scope="module")
+def reference(trained_checkpoint: Path) -> Translator:
+    return Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`nmt-serve` in a process of its own, on a free loopback port."""
+
+    def __init__(self, checkpoint: Path, *flags: str) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [sys.executable, "-m", "nmt.serve", "-m", str(checkpoint), "--port", self.url.rsplit(":", 1)[1]]
+        self.process = subprocess.Popen(
+            [*command, "--beam-size", "3", *flags],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=headers, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(self.url)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint: Path) -> Iterator[Server]:
+    running = Server(trained_checkpoint, "--max-queue", "64", "--max-wait-ms", "20")
+    running.wait_ready()
+    yield running
+    running.stop()
+
+
+def texts_of(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["text"] for item in response.json()["translations"]]
+
+
+def test_translates_one_text_and_many_in_order(server: Server, sentences: list[str], reference: Translator) -> None:
+    expected = [hyps[0].text for hyps in reference.translate(sentences[:5])]
+    assert texts_of(httpx.post(f"{server.url}/v1/translate", json={"text": sentences[0]})) == expected[:1]
+    many = httpx.post(f"{server.url}/v1/translate", json={"text": [*sentences[:5], ""]})
+    assert texts_of(many) == [*expected, ""]
+    assert many.json()["model"] == "default"
+
+
+def test_nbest_and_alignments(server: Server, sentences: list[str], reference: Translator) -> None:
+    body = {"text": sentences[:2], "nbest": 3, "alignments": True}
+    items = httpx.post(f"{server.url}/v1/translate", json=body).json()["translations"]
+    expected = reference.with_options(nbest=3).translate(sentences[:2])
+    for item, hyps in zip(items, expected):
+        assert [h["text"] for h in item["hypotheses"]] == [h.text for h in hyps]
+        assert [h["score"] for h in item["hypotheses"]] == pytest.approx([h.score for h in hyps], abs=1e-4)
+        assert item["alignment"] == [[i, j] for j, i in enumerate(hyps[0].alignment)]
+
+
+def test_concurrent_clients_are_batched_and_get_what_they_would_get_alone(
+    server: Server, sentences: list[str], reference: Translator
+) -> None:
+    """32 clients at once, one sentence each: every answer is that sentence's own translation
+    (fp32 search does not depend on the batch), and the worker batched across requests."""
+    alone = {line: hyps[0].text for line, hyps in zip(sentences, reference.translate(sentences))}
+
+    async def clients() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            calls = [client.post(f"{server.url}/v1/translate", json={"text": line}) for line in sentences[:32]]
+            return await asyncio.gather(*calls)
+
+    for line, response in zip(sentences, asyncio.run(clients())):
+        assert texts_of(response) == [alone[line]]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    sizes = [line for line in metrics.splitlines() if line.startswith("nmt_batch_sentences_bucket")]
+    assert any('le="1.0"' in line and float(line.split()[-1]) < 32 for line in sizes), "no batch held two requests"
+
+
+def test_models_health_and_metrics(server: Server) -> None:
+    (model,) = httpx.get(f"{server.url}/v1/models").json()["models"]
+    assert (model["id"], model["source_language"], model["decode"]["beam_size"]) == ("default", "src", 3)
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("nmt_requests_total", "nmt_request_seconds", "nmt_queue_sentences", "nmt_translated_tokens_total"):
+        assert name in metrics
+
+
+def test_a_flood_is_shed_with_429_while_health_stays_quick(trained_checkpoint: Path, sentences: list[str]) -> None:
+    flooded = Server(trained_checkpoint, "--max-queue", "4", "--max-wait-ms", "300")
+    try:
+        flooded.wait_ready()
+
+        async def flood() -> tuple[list[int], float]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                calls = [client.post(f"{flooded.url}/v1/translate", json={"text": line}) for line in sentences[:20]]
+                pending = asyncio.gather(*calls)
+                await asyncio.sleep(0.1)
+                started = time.monotonic()
+                await client.get(f"{flooded.url}/healthz")
+                health_seconds = time.monotonic() - started
+                return [response.status_code for response in await pending], health_seconds
+
+        statuses, health_seconds = asyncio.run(flood())
+        assert set(statuses) == {200, 429} and statuses.count(200) >= 4
+        assert health_seconds < 0.5
+    finally:
+        flooded.stop()
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(trained_checkpoint: Path, sentences: list[str]) -> None:
+    draining = Server(trained_checkpoint, "--max-wait-ms", "1500")
+    try:
+        draining.wait_ready()
+        answers: list[httpx.Response] = []
+        clients = [
+            threading.Thread(
+                target=lambda line=line: answers.append(
+                    httpx.post(f"{draining.url}/v1/translate", json={"text": line}, timeout=60)
+                )
+            )
+            for line in sentences[:3]
+        ]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)  # accepted, waiting for the batch
+        draining.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late = httpx.post(f"{draining.url}/v1/translate", json={"text": sentences[0]}, timeout=10)
+        assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
+        assert httpx.get(f"{draining.url}/readyz").status_code == 503
+        for client in clients:
+            client.join(timeout=60)
+        assert [response.status_code for response in answers] == [200, 200, 200]
+        assert draining.process.wait(timeout=60) == 0
+    finally:
+        draining.stop()
+
+
+def test_the_api_key_guards_every_endpoint_but_healthz(trained_checkpoint: Path) -> None:
+    guarded = Server(trained_checkpoint, "--api-key", "s3cret")
+    key = {"Authorization": "Bearer s3cret"}
+    try:
+        guarded.wait_ready(headers=key)
+        assert httpx.get(f"{guarded.url}/healthz").status_code == 200
+        for path in ("/readyz", "/metrics", "/v1/models"):
+            answer = httpx.get(f"{guarded.url}{path}")
+            assert answer.status_code == 401 and "API key" in answer.json()["error"]["message"]
+        denied = httpx.post(f"{guarded.url}/v1/translate", json={"text": "x"}, headers={"Authorization": "Bearer no"})
+        assert denied.status_code == 401
+        assert httpx.post(f"{guarded.url}/v1/translate", json={"text": "x"}, headers=key).status_code == 200
+    finally:
+        guarded.stop()
+
+
+@pytest.fixture(scope="module")
+def client(trained_checkpoint: Path) -> Iterator[TestClient]:
+    """The app in-process: the same code without a network, for the limits and error codes."""
+    cfg = ServeConfig(max_sentences=3, max_chars=50, max_body_bytes=400, max_beam_size=4, max_nbest=2, timeout_s=5)
+    app, _ = create_app(
+        lambda: {"m": Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))}, cfg
+    )
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b'{"text": "caf\xe9"}', 400, "not UTF-8"),
+        (b'{"txt": "a"}', 422, "text"),
+        (b'{"text": 3}', 422, "text"),
+        (b'{"text": "a", "beam_size": "5"}', 422, "beam_size"),
+        (b'{"text": ["a", "b", "c", "d"]}', 413, "max_sentences=3"),
+        (b'{"text": "' + b"a" * 60 + b'"}', 413, "max_chars=50"),
+        (b'{"text": "' + b"a " * 300 + b'"}', 413, "max_body_bytes=400"),
+        (b'{"text": "a", "beam_size": 5}', 422, "max_beam_size=4"),
+        (b'{"text": "a", "beam_size": 2, "nbest": 3}', 422, "max_nbest=2"),
+        (b'{"text": "a", "beam_size": 1, "nbest": 2}', 422, "nbest must be in [1, decode.beam_size]"),
+        (b'{"text": "a", "model": "other"}', 404, "no model 'other'"),
+    ],
+)
+def test_every_bad_request_is_a_json_error(client: TestClient, body: bytes, status: int, message: str) -> None:
+    response = client.post("/v1/translate", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert client.post("/v1/translate", json={"text": "a b"}).status_code == 200  # nobody else is harmed
+
+
+def test_unknown_paths_and_methods_are_json_errors(client: TestClient) -> None:
+    assert client.get("/nowhere").json()["error"]["status"] == 404
+    assert client.get("/v1/translate").json()["error"]["status"] == 405
+
+
+def test_a_sentence_over_max_source_length_fails_only_its_request(trained_checkpoint: Path) -> None:
+    decode = DecodeConfig(beam_size=2, max_source_length=8)
+    app, _ = create_app(
+        lambda: {"m": Translator.from_checkpoints([trained_checkpoint], decode)}, ServeConfig(max_wait_ms=200)
+    )
+    with TestClient(app) as test_client:
+        while test_client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        results: dict[str, httpx.Response] = {}
+        bodies = {"long": {"text": ["a b", "a b c d e f g h i j k l"]}, "short": {"text": "a b"}}
+        threads = [
+            threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, test_client.post("/v1/translate", json=b)))
+            for k, b in bodies.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results["long"].status_code == 422 and "text 1:" in results["long"].json()["error"]["message"]
+    assert results["short"].status_code == 200
+
+
+def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkpoint: Path) -> None:
+    loaded = threading.Event()
+
+    def slow_load() -> dict[str, Translator]:
+        loaded.wait(30)
+        return {"m": Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))}
+
+    app, state = create_app(slow_load, ServeConfig(timeout_s=0.05, max_wait_ms=500))
+    with TestClient(app) as test_client:
+        assert test_client.get("/readyz").status_code == 503
+        assert test_client.post("/v1/translate", json={"text": "a"}).status_code == 503
+        loaded.set()
+        while test_client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        late = test_client.post("/v1/translate", json={"text": "a b"})
+        assert late.status_code == 504 and "timeout_s=0.05" in late.json()["error"]["message"]
+        assert state.workers["m"]._sentences == 0  # its sentence left the queue
+        metrics = test_client.get("/metrics").text
+    assert 'nmt_requests_total{path="/v1/translate",status="504"} 1.0' in metrics
