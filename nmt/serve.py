@@ -21,7 +21,6 @@ from typing import Any
 
 from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels, add_flags, from_flags
 from nmt.errors import NmtError, exit_on_user_error
-from nmt.translator import Translator
 
 log = logging.getLogger("nmt.serve")
 
@@ -58,16 +57,6 @@ def served_models(args: argparse.Namespace) -> ServedModels:
         raise NmtError(f"{args.config}: {error}") from None
 
 
-def loader(models: ServedModels) -> Any:
-    def load() -> dict[str, Translator]:
-        return {
-            name: Translator.from_checkpoints([Path(path) for path in model.checkpoints], model.decode)
-            for name, model in models.models.items()
-        }
-
-    return load
-
-
 def serve(args: argparse.Namespace) -> int:
     import uvicorn  # only the service needs it
 
@@ -99,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
         exit_code = 1
         server.should_exit = True
 
-    app, state = create_app(loader(models), cfg, on_fatal=fatal)
+    app, state = create_app(models, cfg, on_fatal=fatal)
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False))
     server.run()
     return exit_code

@@ -1,9 +1,10 @@
 """The translation service behind `nmt-serve`: a FastAPI app over the translation engine.
 
-Requests put their sentences in a queue per model. One worker thread per model takes the
-sentences of all waiting requests (after waiting up to `max_wait_ms` for more), translates them
-with the model's `Translator` in token-budget batches, and answers each request; torch runs off
-the event loop, so /healthz and /metrics answer while a model works. A sentence's translation does
+Requests put their sentences in a queue per model. A dispatcher thread per model takes the
+sentences of all waiting requests (after waiting up to `max_wait_ms` for more) and sends them to
+the model's own process, where its `Translator` translates them together in token-budget
+batches; then each request is answered. torch runs in those processes, never on the event loop
+nor under its GIL, so /healthz and /metrics answer while a model works. A sentence's translation does
 not depend on what it was batched with (beam search is batch-invariant in fp32), and every bad
 request gets a JSON error with its status code, never touching another request.
 
@@ -19,16 +20,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hmac
 import json
 import logging
+import multiprocessing
 import threading
 import time
 import typing
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,9 +41,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from nmt.config import DecodeConfig, ServeConfig
+from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
 from nmt.errors import LineError, NmtError
-from nmt.translator import Translation, Translator
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +118,82 @@ class Pending:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
-class Worker:
-    """The inference thread of one model: it batches the sentences of waiting requests."""
+def inference_process(connection: Connection, spec: ServedModel) -> None:
+    """The process that holds one model: it loads and warms up the model, says so, then translates
+    each batch the parent sends until it sends None. A process of its own, so that torch never
+    waits for the event loop's GIL (in a thread, a busy loop starved the model), and so that the
+    parent holds no torch at all."""
+    from nmt.translator import Translator  # torch only here
 
-    def __init__(self, name: str, translator: Translator, cfg: ServeConfig, metrics: Metrics) -> None:
-        self.name, self.translator, self.cfg, self.metrics = name, translator, cfg, metrics
+    try:
+        translator = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
+        translator.translate(["Warm up ."])  # first-call allocations and kernel choices
+    except NmtError as error:
+        connection.send(("failed", str(error)))
+        return
+    languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
+    connection.send(("ready", languages))
+    while (job := connection.recv()) is not None:
+        options, requests = job
+        connection.send(translate_requests(translator.with_options(**dict(options)), requests))
+
+
+def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple[str, Any]]:
+    """Each request's texts translated together with the others': per request ("ok", translations
+    as plain data, target subwords) or ("error", message). A request whose sentence is refused (too
+    long) gets its error and the others are translated without it."""
+    answers: dict[int, tuple[str, Any]] = {}
+    left = list(range(len(requests)))
+    while left:
+        lines = [text for index in left for text in requests[index]]
+        try:
+            results = translator.translate(lines)
+        except LineError as error:
+            position = error.index
+            for index in left:  # the request holding line `error.index`
+                if position < len(requests[index]):
+                    answers[index] = ("error", f"text {position}: {error.reason}")
+                    left.remove(index)
+                    break
+                position -= len(requests[index])
+            continue
+        start = 0
+        for index in left:
+            mine = results[start : start + len(requests[index])]
+            start += len(requests[index])
+            plain = [[(t.text, t.score, t.alignment) for t in hyps] for hyps in mine]
+            answers[index] = ("ok", (plain, sum(len(hyps[0].tokens) for hyps in mine)))
+        left = []
+    return [answers[index] for index in range(len(requests))]
+
+
+class Worker:
+    """One model: its inference process, and the queue from which a dispatcher thread takes the
+    sentences of waiting requests to translate them together."""
+
+    def __init__(self, name: str, spec: ServedModel, cfg: ServeConfig, metrics: Metrics) -> None:
+        self.name, self.decode, self.cfg, self.metrics = name, spec.decode, cfg, metrics
+        self.languages: tuple[str, str] = ("", "")
         self._waiting: collections.deque[Pending] = collections.deque()
         self._sentences = 0  # in _waiting
         self._changed = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"nmt-worker-{name}", daemon=True)
+        self._connection, child = multiprocessing.get_context("spawn").Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=inference_process, args=(child, spec), name=f"nmt-model-{name}", daemon=True
+        )
+        self._process.start()
+        self._thread = threading.Thread(target=self._run, name=f"nmt-dispatch-{name}", daemon=True)
+
+    def wait_loaded(self) -> None:
+        """Block until the model is loaded and warmed up; NmtError if it could not be."""
+        try:
+            status, detail = self._connection.recv()
+        except EOFError:
+            raise NmtError(f"model {self.name!r}: its process ended while loading") from None
+        if status == "failed":
+            raise NmtError(detail)
+        self.languages = detail
         self._thread.start()
 
     def submit(self, texts: list[str], options: dict[str, Any]) -> Pending:
@@ -150,7 +220,13 @@ class Worker:
         with self._changed:
             self._stopping = True
             self._changed.notify()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        with contextlib.suppress(OSError):  # the process may be gone already
+            self._connection.send(None)
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
 
     def _count(self, change: int) -> None:
         self._sentences += change
@@ -158,7 +234,7 @@ class Worker:
 
     def _cost(self, pending: Pending) -> int:
         """Roughly the search rows x source tokens a request adds to a batch (words stand for subwords)."""
-        beam = dict(pending.options).get("beam_size") or self.translator.cfg.beam_size
+        beam = dict(pending.options).get("beam_size") or self.decode.beam_size
         return beam * sum(len(text.split()) + 2 for text in pending.texts)
 
     def _take(self) -> list[Pending]:
@@ -168,10 +244,10 @@ class Worker:
                 self._changed.wait()
             deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
             while (left := deadline - time.monotonic()) > 0 and not self._stopping:
-                if sum(self._cost(p) for p in self._waiting) >= self.translator.cfg.batch_tokens:
+                if sum(self._cost(p) for p in self._waiting) >= self.decode.batch_tokens:
                     break
                 self._changed.wait(left)
-            taken, budget = [], self.translator.cfg.batch_tokens
+            taken, budget = [], self.decode.batch_tokens
             while self._waiting and (not taken or budget >= self._cost(self._waiting[0])):
                 pending = self._waiting.popleft()
                 self._count(-len(pending.texts))
@@ -182,48 +258,32 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stopping or self._waiting:
-            taken = self._take()
             groups: dict[tuple, list[Pending]] = collections.defaultdict(list)
-            for pending in taken:
+            for pending in self._take():
                 groups[pending.options].append(pending)
             for options, group in groups.items():
-                self._translate(self.translator.with_options(**dict(options)), group)
+                self._translate(options, group)
 
-    def _translate(self, translator: Translator, group: list[Pending]) -> None:
-        """Translate the group's sentences together; a request whose sentence is refused (too long)
-        gets its error and the others are translated without it."""
-        while group:
-            lines = [text for pending in group for text in pending.texts]
-            try:
-                results = translator.translate(lines)
-            except LineError as error:
-                owner, index = self._owner(group, error.index)
-                owner.future.set_exception(ServiceError(422, f"text {index}: {error.reason}"))
-                group = [pending for pending in group if pending is not owner]
-                continue
-            except Exception as error:  # a bug, not the request's fault: answer 500, keep serving
-                log.exception("model %s failed on a batch", self.name)
-                for pending in group:
-                    pending.future.set_exception(error)
-                return
-            self.metrics.batch_sentences.labels(self.name).observe(len(lines))
-            tokens = sum(len(hyps[0].tokens) for hyps in results)
-            self.metrics.batch_tokens.labels(self.name).observe(tokens)
-            self.metrics.tokens.labels(self.name).inc(tokens)
-            start = 0
+    def _translate(self, options: tuple, group: list[Pending]) -> None:
+        try:
+            self._connection.send((options, [pending.texts for pending in group]))
+            answers = self._connection.recv()
+        except (EOFError, OSError) as error:  # the model's process died: answer 500, say why in the log
+            log.error("model %s: its process is gone (%s)", self.name, error)
             for pending in group:
-                pending.future.set_result(results[start : start + len(pending.texts)])
-                start += len(pending.texts)
+                pending.future.set_exception(ServiceError(500, f"model {self.name!r} is not running"))
             return
-
-    @staticmethod
-    def _owner(group: list[Pending], index: int) -> tuple[Pending, int]:
-        """The request holding sentence `index` of the group's lines, and its index there."""
-        for pending in group:
-            if index < len(pending.texts):
-                return pending, index
-            index -= len(pending.texts)
-        raise IndexError(index)
+        sentences = tokens = 0
+        for pending, (status, detail) in zip(group, answers):
+            if status == "error":
+                pending.future.set_exception(ServiceError(422, detail))
+                continue
+            results, subwords = detail
+            pending.future.set_result(results)
+            sentences, tokens = sentences + len(results), tokens + subwords
+        self.metrics.batch_sentences.labels(self.name).observe(sentences)
+        self.metrics.batch_tokens.labels(self.name).observe(tokens)
+        self.metrics.tokens.labels(self.name).inc(tokens)
 
 
 @dataclass
@@ -240,22 +300,21 @@ class ServiceState:
 
 
 def create_app(
-    load: Callable[[], dict[str, Translator]],
-    cfg: ServeConfig,
-    on_fatal: Callable[[str], None] = lambda message: None,
+    models: ServedModels, cfg: ServeConfig, on_fatal: Callable[[str], None] = lambda message: None
 ) -> tuple[FastAPI, ServiceState]:
     """The app, and the state it shares with whoever runs it (`nmt.serve` drains it on SIGTERM).
-    `load` builds the translators by model id; it runs in a thread once the server is up, so
-    /healthz answers at once and /readyz turns 200 when loading and a warm-up translation are done.
-    If loading fails, `on_fatal` gets the message."""
+    Each model gets its inference process once the server is up, so /healthz answers at once and
+    /readyz turns 200 when every model is loaded and has translated a warm-up sentence. If one
+    cannot be loaded, `on_fatal` gets the message."""
     state = ServiceState(cfg)
 
     def start() -> None:
         try:
-            for name, translator in load().items():
-                translator.translate(["Warm up ."])  # first-call allocations and kernel choices
-                state.workers[name] = Worker(name, translator, cfg, state.metrics)
-        except NmtError as error:
+            workers = {name: Worker(name, spec, cfg, state.metrics) for name, spec in models.models.items()}
+            state.workers.update(workers)
+            for worker in workers.values():
+                worker.wait_loaded()
+        except Exception as error:  # NmtError, or a bug: either way the service cannot serve
             state.failed = str(error)
             log.error("cannot load the models: %s", error)
             on_fatal(str(error))
@@ -319,15 +378,15 @@ def create_app(
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def list_models() -> dict[str, Any]:
         ready(state)
         return {
             "models": [
                 {
                     "id": name,
-                    "source_language": worker.translator.src_pipeline.moses.lang,
-                    "target_language": worker.translator.tgt_pipeline.moses.lang,
-                    "decode": dataclasses.asdict(worker.translator.cfg),
+                    "source_language": worker.languages[0],
+                    "target_language": worker.languages[1],
+                    "decode": dataclasses.asdict(worker.decode),
                 }
                 for name, worker in state.workers.items()
             ]
@@ -352,7 +411,7 @@ def create_app(
         finally:
             state.in_flight -= 1
         state.metrics.latency.observe(time.monotonic() - started)
-        nbest = options.get("nbest", worker.translator.cfg.nbest)
+        nbest = options.get("nbest", worker.decode.nbest)
         return JSONResponse(answer(worker.name, results, body.alignments, nbest > 1))
 
     return app, state
@@ -419,17 +478,20 @@ def admit(body: BaseModel, state: ServiceState) -> tuple[Worker, list[str], dict
         raise ServiceError(422, f"nbest {options['nbest']} is over max_nbest={cfg.max_nbest}")
     worker = state.workers[name]
     try:
-        worker.translator.with_options(**options)  # the same checks as everywhere (nbest <= beam_size, ...)
+        dataclasses.replace(worker.decode, **options)  # the same checks as everywhere (nbest <= beam_size, ...)
     except NmtError as error:
         raise ServiceError(422, str(error).removeprefix("config: decode.")) from None
     return worker, texts, options
 
 
-def answer(model: str, results: list[list[Translation]], alignments: bool, nbest: bool) -> dict[str, Any]:
-    def hypothesis(translation: Translation) -> dict[str, Any]:
-        item: dict[str, Any] = {"text": translation.text, "score": translation.score}
+def answer(model: str, results: list[list[tuple]], alignments: bool, nbest: bool) -> dict[str, Any]:
+    """The JSON of POST /v1/translate from (text, score, alignment) per hypothesis, best first."""
+
+    def hypothesis(translation: tuple[str, float, list[int]]) -> dict[str, Any]:
+        text, score, alignment = translation
+        item: dict[str, Any] = {"text": text, "score": score}
         if alignments:
-            item["alignment"] = [[i, j] for j, i in enumerate(translation.alignment)]
+            item["alignment"] = [[i, j] for j, i in enumerate(alignment)]
         return item
 
     translations = []

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from conftest import tiny_config
 from fastapi.testclient import TestClient
 
 from nmt import synthetic
-from nmt.config import DecodeConfig, ServeConfig
+from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
 from nmt.service import create_app
 from nmt.translator import Translator
 
@@ -51,12 +52,10 @@ class Server:
     def __init__(self, checkpoint: Path, *flags: str) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         command = [sys.executable, "-m", "nmt.serve", "-m", str(checkpoint), "--port", self.url.rsplit(":", 1)[1]]
+        # a pipe nobody reads could fill up and stall the server; closed in stop()
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*command, "--beam-size", "3", *flags],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            [*command, "--beam-size", "3", *flags], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, headers: dict[str, str] | None = None) -> None:
@@ -208,13 +207,26 @@ def test_the_api_key_guards_every_endpoint_but_healthz(trained_checkpoint: Path)
         guarded.stop()
 
 
+def served(checkpoint: Path, decode: DecodeConfig) -> ServedModels:
+    return ServedModels({"m": ServedModel([str(checkpoint)], decode)})
+
+
+def test_a_model_that_cannot_load_makes_the_service_say_so(tmp_path: Path) -> None:
+    failures: list[str] = []
+    app, _ = create_app(served(tmp_path / "missing.pt", DecodeConfig()), ServeConfig(), on_fatal=failures.append)
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "missing.pt: checkpoint not found" in test_client.get("/readyz").json()["error"]["message"]
+    assert len(failures) == 1
+
+
 @pytest.fixture(scope="module")
 def client(trained_checkpoint: Path) -> Iterator[TestClient]:
     """The app in-process: the same code without a network, for the limits and error codes."""
     cfg = ServeConfig(max_sentences=3, max_chars=50, max_body_bytes=400, max_beam_size=4, max_nbest=2, timeout_s=5)
-    app, _ = create_app(
-        lambda: {"m": Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))}, cfg
-    )
+    app, _ = create_app(served(trained_checkpoint, DecodeConfig(beam_size=2)), cfg)
     with TestClient(app) as test_client:
         deadline = time.monotonic() + 60
         while test_client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
@@ -253,9 +265,7 @@ def test_unknown_paths_and_methods_are_json_errors(client: TestClient) -> None:
 
 def test_a_sentence_over_max_source_length_fails_only_its_request(trained_checkpoint: Path) -> None:
     decode = DecodeConfig(beam_size=2, max_source_length=8)
-    app, _ = create_app(
-        lambda: {"m": Translator.from_checkpoints([trained_checkpoint], decode)}, ServeConfig(max_wait_ms=200)
-    )
+    app, _ = create_app(served(trained_checkpoint, decode), ServeConfig(max_wait_ms=200))
     with TestClient(app) as test_client:
         while test_client.get("/readyz").status_code != 200:
             time.sleep(0.05)
@@ -274,17 +284,13 @@ def test_a_sentence_over_max_source_length_fails_only_its_request(trained_checkp
 
 
 def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkpoint: Path) -> None:
-    loaded = threading.Event()
-
-    def slow_load() -> dict[str, Translator]:
-        loaded.wait(30)
-        return {"m": Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))}
-
-    app, state = create_app(slow_load, ServeConfig(timeout_s=0.05, max_wait_ms=500))
+    app, state = create_app(
+        served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(timeout_s=0.05, max_wait_ms=500)
+    )
     with TestClient(app) as test_client:
-        assert test_client.get("/readyz").status_code == 503
+        # the model's process is still importing torch and loading
+        assert "loading" in test_client.get("/readyz").json()["error"]["message"]
         assert test_client.post("/v1/translate", json={"text": "a"}).status_code == 503
-        loaded.set()
         while test_client.get("/readyz").status_code != 200:
             time.sleep(0.05)
         late = test_client.post("/v1/translate", json={"text": "a b"})
