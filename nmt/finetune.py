@@ -21,8 +21,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
+from nmt.data import EncodedCorpus
 from nmt.errors import NmtError
+from nmt.vocab import UNK
 
 # the network's shape, which the weights have: every model key but dropout
 ARCHITECTURE = tuple(f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if item.name != "dropout")
@@ -113,6 +117,14 @@ def inherit(
         )
     replaced = {group: dataclasses.replace(getattr(cfg, group), **values) for group, values in changes.items()}
     return dataclasses.replace(cfg, **replaced)
+
+
+def unknown_pairs(corpus: EncodedCorpus) -> tuple[int, int]:
+    """How many pairs hold a source, and a target, subword the vocabularies lack (UNK): a word with
+    a letter the BPE model never saw, or a piece that never stood alone in the first corpus."""
+    src, tgt = (int(np.count_nonzero(column.occurrences(UNK)[corpus.rows])) for column in (corpus.src, corpus.tgt))
+    corpus.release()  # reading every id mapped the pages of the whole split
+    return src, tgt
 
 
 def _stored(state: dict[str, Any], key: str) -> Any:

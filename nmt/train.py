@@ -142,6 +142,14 @@ def setup(
             "starting from %s (step %s): its weights, BPE models and vocabularies; %s", init, state.get("step"),
             "a new optimizer and schedule" if cfg.train.init_reset else "its optimizer and schedule",
         )  # fmt: skip
+        src_unknown, tgt_unknown = finetune.unknown_pairs(data.train)
+        log.info("training pairs with <unk>: %d in the source, %d in the target", src_unknown, tgt_unknown)
+        if tgt_unknown > 0.01 * len(data.train):
+            log.warning(
+                "%.1f%% of the training targets hold subwords the checkpoint's vocabulary lacks, and the model "
+                "learns to write <unk> for them; a model trained with a smaller data.bpe_vocab_size splits new "
+                "words into pieces it knows", 100 * tgt_unknown / len(data.train),
+            )  # fmt: skip
     return data, model, trainer
 
 

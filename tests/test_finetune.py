@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config
 from test_trainer import finish, wait_for_step, weights
 
-from nmt import checkpoint, synthetic
+from nmt import checkpoint, finetune, synthetic
 from nmt.average import average_files
 from nmt.config import ModelConfig
 from nmt.errors import NmtError
@@ -98,10 +98,12 @@ def test_the_new_corpus_is_encoded_with_the_checkpoints_bpe_and_vocabularies(tra
     for side, pipeline in (("src", data.src_pipeline), ("tgt", data.tgt_pipeline)):
         assert pipeline.vocab.pieces == base[f"{side}_vocab"] and pipeline.bpe.to_str() == base[f"{side}_bpe"]
     translation_src, translation_tgt = checkpoint.pipelines(base)  # what nmt-translate encodes with
-    assert [list(ids) for ids in data.train.src_ids] == translation_src.encode(data.train.src_text)
-    assert [list(ids) for ids in data.train.tgt_ids] == translation_tgt.encode(data.train.tgt_text)
+    src_ids, tgt_ids = translation_src.encode(data.train.src_text), translation_tgt.encode(data.train.tgt_text)
+    assert [list(ids) for ids in data.train.src_ids] == src_ids and [list(ids) for ids in data.train.tgt_ids] == tgt_ids
     odd = data.train.src_text.index(ODD_LINE[0])
-    assert UNK in data.train.src_ids[odd] and "zukolibade" not in base["src_vocab"]
+    assert UNK in src_ids[odd] and "zukolibade" not in base["src_vocab"]
+    unknown = (sum(UNK in ids for ids in src_ids), sum(UNK in ids for ids in tgt_ids))
+    assert finetune.unknown_pairs(data.train) == unknown  # as the log reports them
     assert len(translation_src.segment([["zukolibade"]])[0]) > 1  # an unseen word: several known pieces
     assert trainer.optimizer.state_dict()["state"] == {} and trainer.scheduler.last_epoch == 0
     assert trainer.progress.step == 0 and trainer.init_from == {"path": str(trained_checkpoint), "step": base["step"]}
