@@ -17,7 +17,7 @@ from test_trainer import finish, wait_for_step, weights
 
 from nmt import checkpoint, finetune, synthetic
 from nmt.average import average_files
-from nmt.config import ModelConfig
+from nmt.config import Config, ModelConfig
 from nmt.errors import NmtError
 from nmt.run_folder import RunFolder
 from nmt.train import run, setup
@@ -53,7 +53,7 @@ def last(trained_checkpoint) -> Path:
     return trained_checkpoint.parent / "last.pt"
 
 
-def on_corpus(corpus: Path, **train) -> object:
+def on_corpus(corpus: Path, **train) -> Config:
     """`tiny_config` (the base model's) with `train` changes, on the corpus in `corpus`."""
     cfg = tiny_config(
         **{"valid_metric": "loss", "max_steps": 6, "log_every": 2, "progress": False, "threads": 1, **train}
