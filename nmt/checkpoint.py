@@ -74,6 +74,11 @@ MAY_CHANGE_ON_RESUME = frozenset(
     }
 )
 
+# How a run started (train.init_from, its model; train.init_reset). A resume that leaves
+# train.init_from unset continues whichever run it finds, the checkpoint that run started from being
+# no longer needed; one that sets it must name that run's own start.
+START_SETTINGS = frozenset({"train.init_from", "train.init_reset"})
+
 T = TypeVar("T")
 
 
@@ -162,8 +167,9 @@ def restore(checkpoint: dict[str, Any], path: Path) -> tuple[Seq2Seq, TextPipeli
 def changed_settings(state: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (value in the checkpoint, value now) for each data, train or decode setting that
     differs (decode.* shapes validation, so best.pt and the schedule), except those in
-    MAY_CHANGE_ON_RESUME. A setting the checkpoint lacks (it is older) counts at its default; a
-    checkpoint without a train or decode config (older) is compared on what it has."""
+    MAY_CHANGE_ON_RESUME, and START_SETTINGS when train.init_from is unset. A setting the checkpoint
+    lacks (it is older) counts at its default; a checkpoint without a train or decode config (older)
+    is compared on what it has."""
     changed = {}
     stored = {"data": state["data_config"], "train": state.get("train_config"), "decode": state.get("decode_config")}
     for group, current in (("data", cfg.data), ("train", cfg.train), ("decode", cfg.decode)):
@@ -172,7 +178,8 @@ def changed_settings(state: dict[str, Any], cfg: Config) -> dict[str, tuple[Any,
         for field in dataclasses.fields(current):
             key, now = f"{group}.{field.name}", getattr(current, field.name)
             before = stored[group].get(field.name, _default(field))
-            if key not in MAY_CHANGE_ON_RESUME and before != now:
+            ignored = key in MAY_CHANGE_ON_RESUME or (key in START_SETTINGS and not cfg.train.init_from)
+            if not ignored and before != now:
                 changed[key] = (before, now)
     return changed
 

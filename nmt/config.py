@@ -130,6 +130,8 @@ class TrainConfig:
     keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
     resume: str = "auto"  # auto (continue the run in the output dir if any) | none | PATH of a last.pt
     resume_changed: bool = False  # continue a run even though its data or train settings changed
+    init_from: str = ""  # PATH of a checkpoint whose weights, BPE models and vocabularies start a new run (fine-tuning)
+    init_reset: bool = True  # with init_from: a fresh optimizer and schedule; false keeps the checkpoint's (a last.pt)
     max_nonfinite: int = 5  # abort after this many updates in a row with a non-finite loss or gradient
     precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -164,6 +166,11 @@ class TrainConfig:
         _require(self.valid_beam_size >= 1, "train.valid_beam_size", ">= 1")
         _require(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}")
         _require(self.threads >= 0, "train.threads", ">= 0")
+        _require(
+            not self.init_from or self.resume in ("auto", "none"),
+            "train.resume",
+            "auto or none with train.init_from (a run either continues a last.pt or starts from a model, not both)",
+        )
 
 
 def option(default: Any, help: str) -> Any:

@@ -36,6 +36,14 @@ class IdColumn:
             return np.zeros(0, dtype=np.int32)
         return np.concatenate([np.diff(offsets) for offsets in self._offsets])
 
+    def occurrences(self, vocabulary_id: int) -> np.ndarray:
+        """(rows,) how many times each row holds `vocabulary_id`; reads every id, one chunk at a time."""
+        counts = []
+        for offsets, values in zip(self._offsets, self._values):
+            seen = np.concatenate([[0], np.cumsum(self._vocabulary_ids(values) == vocabulary_id)])
+            counts.append(seen[offsets[1:]] - seen[offsets[:-1]])
+        return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
     def row(self, row: int) -> np.ndarray:
         chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
         local, offsets = row - self._starts[chunk], self._offsets[chunk]

@@ -118,9 +118,11 @@ class RunFolder:
         disable = None if self.bars else True
         return tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=disable)
 
-    def summary(self, progress: Progress, minutes: float, model: nn.Module) -> dict[str, Any]:
+    def summary(
+        self, progress: Progress, minutes: float, model: nn.Module, init_from: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """What a user wants after training, written to summary.json: the best checkpoint, its
-        validation scores, the cost."""
+        validation scores, the cost, and the checkpoint the run started from (`init_from`: path, step)."""
         validations = [r for r in self.records if "valid_loss" in r]
         best = next((r for r in validations if r["best_score"] == progress.best_score), {})
         speeds = [r["tgt_tokens_per_s"] for r in self.records if "tgt_tokens_per_s" in r]
@@ -134,6 +136,8 @@ class RunFolder:
             "parameters": sum(p.numel() for p in model.parameters()),
             "tgt_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
             "nonfinite_skipped": progress.nonfinite_total,
+            "init_from": init_from["path"] if init_from else None,
+            "init_from_step": init_from["step"] if init_from else None,
         }
         if self.lead:
             self.path.mkdir(parents=True, exist_ok=True)

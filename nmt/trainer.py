@@ -4,6 +4,9 @@ Everything a resumed run needs to continue as if never stopped is in `Trainer.st
 weights, optimizer, schedule, grad scaler, RNG states and `Progress` (step, epoch, position in
 the epoch's batch plan, best score, patience). The batch plan of an epoch is a pure function of
 (seed, epoch), so the position is just a count of batches done.
+A run can also start from another run's model (`start_from`, train.init_from): its weights, and
+with train.init_reset=false its optimizer and schedule; it validates once before the first update
+(step 0), and its checkpoints name the model it started from.
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
 is normalized by the target tokens of the whole update, so N ranks equal one process with
 N-fold accumulation. The trainer writes only through its `RunFolder` (metrics, checkpoints,
@@ -18,6 +21,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,6 +87,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.scaler = grad_scaler(cfg.train.precision, self.device)
         self.progress = Progress()
+        self.init_from: dict[str, Any] | None = None  # {"path", "step"} of the checkpoint this run started from
         self.stop_requested = False  # set from a signal handler: save and return after this update
         self._started, self._minutes_before = time.monotonic(), 0.0
 
@@ -105,13 +110,24 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
+        self.init_from = state.get("init_from")
+
+    def start_from(self, state: dict[str, Any], path: Path, keep_optimizer: bool) -> None:
+        """Begin this run at a checkpoint's weights and, with `keep_optimizer`, its optimizer and
+        schedule state; the step, the data position, the best score and patience start afresh."""
+        self.module.load_state_dict(state["model"])
+        if keep_optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.init_from = {"path": str(path), "step": state.get("step")}
 
     def _checkpoint(self, **extra: Any) -> dict[str, Any]:
         data = self.data
         return checkpoint.make(
             self.module, self.cfg.model, self.cfg.data, data.src_pipeline, data.tgt_pipeline,
             step=self.progress.step, train_config=dataclasses.asdict(self.cfg.train),
-            decode_config=dataclasses.asdict(self.cfg.decode), **extra,
+            decode_config=dataclasses.asdict(self.cfg.decode),
+            **({"init_from": self.init_from} if self.init_from else {}), **extra,
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
@@ -199,6 +215,8 @@ class Trainer:
         # the window sums update time only: validation and checkpoint writes do not dilute tokens/s
         window_seconds, window_nll, window_tokens = 0.0, 0.0, 0
         per_update = train.accumulate * self.world
+        if self.init_from and progress.validated_step < 0:
+            self._validate_and_save()  # step 0: where a run started from a model begins on its own data
         while not self._finished():
             plan = epoch_batches(self.data.train, train.batch_tokens, train.seed, progress.epoch)
             usable = len(plan) - len(plan) % per_update  # every rank makes the same number of updates
