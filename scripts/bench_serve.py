@@ -31,11 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory (VmRSS) or its peak (VmHWM) of a process, in MB."""
+    """Resident memory (VmRSS) or its peak (VmHWM) of a process and its children (the service's
+    model processes), in MB."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            total += int(line.split()[1]) / 1024
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += rss_mb(int(child), field)
+    return total
 
 
 def free_port() -> int:
