@@ -268,3 +268,24 @@ def test_readme_table_of_decode_options_is_the_dataclass():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     header = "| `decode.*` key | `nmt-translate` flag | default | meaning |\n|---|---|---|---|\n"
     assert header + "\n".join(rows) + "\n" in readme, "README's decode table should read:\n" + header + "\n".join(rows)
+
+
+class Built(Exception):
+    """Raised by a stand-in engine to hand back the config it was built with."""
+
+
+@pytest.mark.parametrize("key", [item.name for item in fields(DecodeConfig)])
+def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
+    """No decode.* key is silently ignored by nmt.evaluate: each reaches Translator.from_checkpoints."""
+    from nmt import evaluate
+
+    def capture(paths, cfg):
+        raise Built(cfg)
+
+    monkeypatch.setattr(evaluate.Translator, "from_checkpoints", capture)
+    value = non_default_value(key)
+    overrides = [f"decode.{key}={value}", *(["decode.sampling=true"] if key in SAMPLING_KEYS else [])]
+    cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=a.pt", *overrides]))
+    with pytest.raises(Built) as built:
+        evaluate.run(cfg, Path("unused"))
+    assert getattr(built.value.args[0], key) == value and built.value.args[0] == cfg.decode
