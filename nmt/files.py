@@ -34,7 +34,9 @@ def check_distinct(output: Path, others: Iterable[Path], what: str = "an input o
         return
     for other in others:
         if other.exists() and os.path.samefile(output, other):
-            raise NmtError(f"{output}: is {other}, {what}; writing it would destroy it, choose another output")
+            raise NmtError(
+                f"{output}: is the same file as {other}, {what}; writing it would destroy it, choose another output"
+            )
 
 
 @contextlib.contextmanager
