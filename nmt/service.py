@@ -1,10 +1,10 @@
 """The translation service behind `nmt-serve`: a FastAPI app over the translation engine.
 
-Requests put their sentences in a queue per model. A dispatcher thread per model takes the
-sentences of all waiting requests (after waiting up to `max_wait_ms` for more) and sends them to
-the model's own process, where its `Translator` translates them together in token-budget
-batches; then each request is answered. torch runs in those processes, never on the event loop
-nor under its GIL, so /healthz and /metrics answer while a model works. A sentence's translation does
+Requests put their sentences in a queue per model (`nmt.model_worker.Worker`). A dispatcher thread
+per model takes the sentences of all waiting requests (after waiting up to `max_wait_ms` for more)
+and sends them to the model's own process, where its `Translator` translates them together in
+token-budget batches; then each request is answered. torch runs in those processes, never on the
+event loop nor under its GIL, so /healthz and /metrics answer while a model works. A sentence's translation does
 not depend on what it was batched with (beam search is batch-invariant in fp32), and every bad
 request gets a JSON error with its status code, never touching another request.
 
@@ -18,31 +18,26 @@ request gets a JSON error with its status code, never touching another request.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
-import contextlib
 import dataclasses
 import hmac
 import json
 import logging
-import multiprocessing
 import threading
 import time
 import typing
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
-from nmt.errors import LineError, NmtError
+from nmt.config import DecodeConfig, ServeConfig, ServedModels
+from nmt.errors import NmtError
+from nmt.model_worker import Metrics, ServiceError, Worker
 
 log = logging.getLogger(__name__)
 
@@ -75,215 +70,6 @@ def request_schema() -> type[BaseModel]:
 
 
 TranslateRequest = request_schema()
-
-
-class ServiceError(Exception):
-    """An answer other than 200: its status, a message for the client, and extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (no process-wide state)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "nmt_requests", "HTTP requests answered, by path and status", ["path", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "nmt_request_seconds", "time to answer POST /v1/translate", registry=self.registry,
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-        )  # fmt: skip
-        self.queue = Gauge("nmt_queue_sentences", "sentences waiting, by model", ["model"], registry=self.registry)
-        self.batch_sentences = Histogram(
-            "nmt_batch_sentences", "sentences a worker translated together", ["model"], registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        )  # fmt: skip
-        self.batch_tokens = Histogram(
-            "nmt_batch_tokens", "target subwords of the best translations a worker produced together", ["model"],
-            registry=self.registry, buckets=(8, 32, 128, 512, 2048, 8192, 32768),
-        )  # fmt: skip
-        self.tokens = Counter("nmt_translated_tokens", "target subwords produced", ["model"], registry=self.registry)
-
-
-@dataclass(eq=False)
-class Pending:
-    """One request's sentences waiting for, or in, a worker."""
-
-    texts: list[str]
-    options: tuple[tuple[str, Any], ...]  # its REQUEST_OPTIONS, sorted: requests alike share a search
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-def inference_process(connection: Connection, spec: ServedModel) -> None:
-    """The process that holds one model: it loads and warms up the model, says so, then translates
-    each batch the parent sends until it sends None. A process of its own, so that torch never
-    waits for the event loop's GIL (in a thread, a busy loop starved the model), and so that the
-    parent holds no torch at all."""
-    from nmt.translator import Translator  # torch only here
-
-    try:
-        translator = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
-        translator.translate(["Warm up ."])  # first-call allocations and kernel choices
-    except NmtError as error:
-        connection.send(("failed", str(error)))
-        return
-    languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
-    connection.send(("ready", languages))
-    while (job := connection.recv()) is not None:
-        options, requests = job
-        connection.send(translate_requests(translator.with_options(**dict(options)), requests))
-
-
-def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple[str, Any]]:
-    """Each request's texts translated together with the others': per request ("ok", translations
-    as plain data, target subwords) or ("error", message). A request whose sentence is refused (too
-    long) gets its error and the others are translated without it."""
-    answers: dict[int, tuple[str, Any]] = {}
-    left = list(range(len(requests)))
-    while left:
-        lines = [text for index in left for text in requests[index]]
-        try:
-            results = translator.translate(lines)
-        except LineError as error:
-            position = error.index
-            for index in left:  # the request holding line `error.index`
-                if position < len(requests[index]):
-                    answers[index] = ("error", f"text {position}: {error.reason}")
-                    left.remove(index)
-                    break
-                position -= len(requests[index])
-            continue
-        start = 0
-        for index in left:
-            mine = results[start : start + len(requests[index])]
-            start += len(requests[index])
-            plain = [[(t.text, t.score, t.alignment) for t in hyps] for hyps in mine]
-            answers[index] = ("ok", (plain, sum(len(hyps[0].tokens) for hyps in mine)))
-        left = []
-    return [answers[index] for index in range(len(requests))]
-
-
-class Worker:
-    """One model: its inference process, and the queue from which a dispatcher thread takes the
-    sentences of waiting requests to translate them together."""
-
-    def __init__(self, name: str, spec: ServedModel, cfg: ServeConfig, metrics: Metrics) -> None:
-        self.name, self.decode, self.cfg, self.metrics = name, spec.decode, cfg, metrics
-        self.languages: tuple[str, str] = ("", "")
-        self._waiting: collections.deque[Pending] = collections.deque()
-        self._sentences = 0  # in _waiting
-        self._changed = threading.Condition()
-        self._stopping = False
-        self._connection, child = multiprocessing.get_context("spawn").Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=inference_process, args=(child, spec), name=f"nmt-model-{name}", daemon=True
-        )
-        self._process.start()
-        self._thread = threading.Thread(target=self._run, name=f"nmt-dispatch-{name}", daemon=True)
-
-    def wait_loaded(self) -> None:
-        """Block until the model is loaded and warmed up; NmtError if it could not be."""
-        try:
-            status, detail = self._connection.recv()
-        except EOFError:
-            raise NmtError(f"model {self.name!r}: its process ended while loading") from None
-        if status == "failed":
-            raise NmtError(detail)
-        self.languages = detail
-        self._thread.start()
-
-    def submit(self, texts: list[str], options: dict[str, Any]) -> Pending:
-        with self._changed:
-            if self._sentences + len(texts) > self.cfg.max_queue:
-                raise ServiceError(
-                    429, f"the queue of model {self.name!r} is full ({self.cfg.max_queue} sentences); retry later",
-                    {"Retry-After": "1"},
-                )  # fmt: skip
-            pending = Pending(texts, tuple(sorted(options.items())))
-            self._waiting.append(pending)
-            self._count(len(texts))
-            self._changed.notify()
-        return pending
-
-    def withdraw(self, pending: Pending) -> None:
-        """A request that gave up: its sentences leave the queue if no search has them yet."""
-        with self._changed:
-            if pending in self._waiting:
-                self._waiting.remove(pending)
-                self._count(-len(pending.texts))
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopping = True
-            self._changed.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-        with contextlib.suppress(OSError):  # the process may be gone already
-            self._connection.send(None)
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-
-    def _count(self, change: int) -> None:
-        self._sentences += change
-        self.metrics.queue.labels(self.name).set(self._sentences)
-
-    def _cost(self, pending: Pending) -> int:
-        """Roughly the search rows x source tokens a request adds to a batch (words stand for subwords)."""
-        beam = dict(pending.options).get("beam_size") or self.decode.beam_size
-        return beam * sum(len(text.split()) + 2 for text in pending.texts)
-
-    def _take(self) -> list[Pending]:
-        """Wait for a request, then up to max_wait_ms for others, and take about one batch's worth."""
-        with self._changed:
-            while not self._waiting and not self._stopping:
-                self._changed.wait()
-            deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
-            while (left := deadline - time.monotonic()) > 0 and not self._stopping:
-                if sum(self._cost(p) for p in self._waiting) >= self.decode.batch_tokens:
-                    break
-                self._changed.wait(left)
-            taken, budget = [], self.decode.batch_tokens
-            while self._waiting and (not taken or budget >= self._cost(self._waiting[0])):
-                pending = self._waiting.popleft()
-                self._count(-len(pending.texts))
-                if pending.future.set_running_or_notify_cancel():  # False: its client is gone
-                    taken.append(pending)
-                    budget -= self._cost(pending)
-            return taken
-
-    def _run(self) -> None:
-        while not self._stopping or self._waiting:
-            groups: dict[tuple, list[Pending]] = collections.defaultdict(list)
-            for pending in self._take():
-                groups[pending.options].append(pending)
-            for options, group in groups.items():
-                self._translate(options, group)
-
-    def _translate(self, options: tuple, group: list[Pending]) -> None:
-        try:
-            self._connection.send((options, [pending.texts for pending in group]))
-            answers = self._connection.recv()
-        except (EOFError, OSError) as error:  # the model's process died: answer 500, say why in the log
-            log.error("model %s: its process is gone (%s)", self.name, error)
-            for pending in group:
-                pending.future.set_exception(ServiceError(500, f"model {self.name!r} is not running"))
-            return
-        sentences = tokens = 0
-        for pending, (status, detail) in zip(group, answers):
-            if status == "error":
-                pending.future.set_exception(ServiceError(422, detail))
-                continue
-            results, subwords = detail
-            pending.future.set_result(results)
-            sentences, tokens = sentences + len(results), tokens + subwords
-        self.metrics.batch_sentences.labels(self.name).observe(sentences)
-        self.metrics.batch_tokens.labels(self.name).observe(tokens)
-        self.metrics.tokens.labels(self.name).inc(tokens)
 
 
 @dataclass
