@@ -209,7 +209,7 @@ class DecodeConfig:
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
-    threads: int = option(0, "torch intra-op threads; 0 = torch's default")
+    threads: int = option(0, "torch intra-op threads, for the whole process; 0 = torch's default")
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
