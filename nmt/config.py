@@ -334,6 +334,7 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 exposes the service to the network")
     port: int = option(8000, "TCP port")
     max_wait_ms: float = option(5.0, "a batch waits this long for more requests' sentences before it runs")
+    processes: int = option(1, "inference processes per model, each translating its own batches (and holding a copy)")
     max_sentences: int = option(64, "texts in one request")
     max_chars: int = option(2000, "characters in one text")
     max_body_bytes: int = option(1_000_000, "bytes in one request body")
@@ -346,7 +347,15 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, "serve.port", "in [1, 65535]")
         _require(self.max_wait_ms >= 0, "serve.max_wait_ms", ">= 0")
-        for key in ("max_sentences", "max_chars", "max_body_bytes", "max_beam_size", "max_nbest", "max_queue"):
+        for key in (
+            "processes",
+            "max_sentences",
+            "max_chars",
+            "max_body_bytes",
+            "max_beam_size",
+            "max_nbest",
+            "max_queue",
+        ):
             _require(getattr(self, key) >= 1, f"serve.{key}", ">= 1")
         _require(self.timeout_s > 0, "serve.timeout_s", "> 0")
 

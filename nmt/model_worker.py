@@ -120,8 +120,8 @@ def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple
 
 
 class Worker:
-    """One model: its inference process, and the queue from which a dispatcher thread takes the
-    sentences of waiting requests to translate them together."""
+    """One model: its inference processes (`serve.processes`), and the queue from which a dispatcher
+    thread per process takes the sentences of waiting requests to translate them together."""
 
     def __init__(self, name: str, spec: ServedModel, cfg: ServeConfig, metrics: Metrics) -> None:
         self.name, self.decode, self.cfg, self.metrics = name, spec.decode, cfg, metrics
@@ -130,23 +130,34 @@ class Worker:
         self._sentences = 0  # in _waiting
         self._changed = threading.Condition()
         self._stopping = False
-        self._connection, child = multiprocessing.get_context("spawn").Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=inference_process, args=(child, spec), name=f"nmt-model-{name}", daemon=True
-        )
-        self._process.start()
-        self._thread = threading.Thread(target=self._run, name=f"nmt-dispatch-{name}", daemon=True)
+        spawn = multiprocessing.get_context("spawn")
+        self._connections, self._processes, self._threads = [], [], []
+        for number in range(cfg.processes):
+            connection, child = spawn.Pipe()
+            process = spawn.Process(
+                target=inference_process, args=(child, spec), name=f"nmt-model-{name}-{number}", daemon=True
+            )
+            process.start()
+            self._connections.append(connection)
+            self._processes.append(process)
+            self._threads.append(
+                threading.Thread(
+                    target=self._run, args=(connection,), name=f"nmt-dispatch-{name}-{number}", daemon=True
+                )
+            )
 
     def wait_loaded(self) -> None:
         """Block until the model is loaded and warmed up; NmtError if it could not be."""
-        try:
-            status, detail = self._connection.recv()
-        except EOFError:
-            raise NmtError(f"model {self.name!r}: its process ended while loading") from None
-        if status == "failed":
-            raise NmtError(detail)
-        self.languages = detail
-        self._thread.start()
+        for connection in self._connections:
+            try:
+                status, detail = connection.recv()
+            except EOFError:
+                raise NmtError(f"model {self.name!r}: its process ended while loading") from None
+            if status == "failed":
+                raise NmtError(detail)
+            self.languages = detail
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, texts: list[str], options: dict[str, Any]) -> Pending:
         with self._changed:
@@ -171,14 +182,16 @@ class Worker:
     def stop(self) -> None:
         with self._changed:
             self._stopping = True
-            self._changed.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-        with contextlib.suppress(OSError):  # the process may be gone already
-            self._connection.send(None)
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
+            self._changed.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+        for connection, process in zip(self._connections, self._processes):
+            with contextlib.suppress(OSError):  # the process may be gone already
+                connection.send(None)
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
 
     def _count(self, change: int) -> None:
         self._sentences += change
@@ -208,18 +221,18 @@ class Worker:
                     budget -= self._cost(pending)
             return taken
 
-    def _run(self) -> None:
+    def _run(self, connection: Connection) -> None:
         while not self._stopping or self._waiting:
             groups: dict[tuple, list[Pending]] = collections.defaultdict(list)
             for pending in self._take():
                 groups[pending.options].append(pending)
             for options, group in groups.items():
-                self._translate(options, group)
+                self._translate(connection, options, group)
 
-    def _translate(self, options: tuple, group: list[Pending]) -> None:
+    def _translate(self, connection: Connection, options: tuple, group: list[Pending]) -> None:
         try:
-            self._connection.send((options, [pending.texts for pending in group]))
-            answers = self._connection.recv()
+            connection.send((options, [pending.texts for pending in group]))
+            answers = connection.recv()
         except (EOFError, OSError) as error:  # the model's process died: answer 500, say why in the log
             log.error("model %s: its process is gone (%s)", self.name, error)
             for pending in group:

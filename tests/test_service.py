@@ -298,3 +298,28 @@ def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkp
         assert state.workers["m"]._sentences == 0  # its sentence left the queue
         metrics = test_client.get("/metrics").text
     assert 'nmt_requests_total{path="/v1/translate",status="504"} 1.0' in metrics
+
+
+def test_several_processes_per_model_share_its_queue_and_stop(trained_checkpoint: Path, sentences: list[str]) -> None:
+    app, state = create_app(served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(processes=2))
+    with TestClient(app) as test_client:
+        while test_client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        answers: dict[int, httpx.Response] = {}
+        threads = [
+            threading.Thread(
+                target=lambda i=i: answers.__setitem__(
+                    i, test_client.post("/v1/translate", json={"text": sentences[i]})
+                )
+            )
+            for i in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(state.workers["m"]._processes) == 2
+    # leaving the block shut the service down: every dispatcher thread and process has stopped
+    assert all(not process.is_alive() for process in state.workers["m"]._processes)
+    alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
+    assert [texts_of(answers[i]) for i in range(8)] == [[hyps[0].text] for hyps in alone]
