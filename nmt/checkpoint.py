@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from tokenizers import Tokenizer
 
-from nmt.config import Config, DataConfig, ModelConfig
+from nmt.config import Config, DataConfig, ModelConfig, field_default
 from nmt.errors import NmtError
 from nmt.files import atomic_output
 from nmt.model import Seq2Seq
@@ -177,7 +177,7 @@ def changed_settings(state: dict[str, Any], cfg: Config) -> dict[str, tuple[Any,
             continue
         for field in dataclasses.fields(current):
             key, now = f"{group}.{field.name}", getattr(current, field.name)
-            before = stored[group].get(field.name, _default(field))
+            before = stored[group].get(field.name, field_default(field))
             ignored = key in MAY_CHANGE_ON_RESUME or (key in START_SETTINGS and not cfg.train.init_from)
             if not ignored and before != now:
                 changed[key] = (before, now)
@@ -208,10 +208,6 @@ def check_resumable(state: dict[str, Any], path: Path, cfg: Config) -> None:
             "optimizer's learning rate still come from the checkpoint",
             path, listing,
         )  # fmt: skip
-
-
-def _default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _fits(value: Any, kind: Any) -> bool:

@@ -27,6 +27,11 @@ SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
 VALID_METRICS = ("bleu", "loss")
 
 
+def field_default(item: dataclasses.Field) -> Any:
+    """A config field's default value (a fresh one for fields with a default factory)."""
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
 def _require(condition: bool, key: str, allowed: str) -> None:
     if not condition:
         raise NmtError(f"config: {key} must be {allowed}")

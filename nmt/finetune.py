@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
+from nmt.config import Config, DataConfig, ModelConfig, TrainConfig, field_default
 from nmt.data import EncodedCorpus
 from nmt.errors import NmtError
 from nmt.vocab import UNK
@@ -131,6 +131,5 @@ def _stored(state: dict[str, Any], key: str) -> Any:
     """A setting as the checkpoint holds it; one it lacks (it is older) at its default."""
     group, name = key.split(".")
     values = state.get(f"{group}_config")
-    field = next(item for item in dataclasses.fields(SCHEMAS[group]) if item.name == name)
-    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    default = field_default(next(item for item in dataclasses.fields(SCHEMAS[group]) if item.name == name))
     return values.get(name, default) if isinstance(values, dict) else default
