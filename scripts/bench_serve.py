@@ -7,13 +7,17 @@ one JSON line per level: sentences/s, latency percentiles, errors (non-200 answe
 (answers that differ from nmt-translate's line for that sentence), the server's RSS; then one line
 for nmt-translate on the same sentences in the same run (its translation rate, after loading, as
 the baseline) with each level's ratio to it. --soak-minutes M adds a level of 64 clients for M
-minutes and reports the server's RSS after the first minute and at the end.
+minutes and reports the server's RSS after the first minute and at the end. --overload-seconds S
+adds a flood: 64 clients each sending requests of 64 sentences back to back (4,096 sentences
+offered against the default queue of 1,024), retrying at once when refused, while a probe asks
+/healthz every 50 ms; it reports the answers by status, the probe's latency and the server's peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gzip
 import json
 import re
@@ -100,6 +104,46 @@ async def level(
     }
 
 
+async def overload(url: str, seconds: float, sentences: list[str], pid: int) -> dict[str, object]:
+    statuses: collections.Counter[int] = collections.Counter()
+    probes: list[float] = []
+    probe_errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def client_loop(client: httpx.AsyncClient, start: int) -> None:
+        texts = [sentences[(start + i) % len(sentences)] for i in range(64)]
+        while time.monotonic() < deadline:
+            try:
+                statuses[(await client.post(f"{url}/v1/translate", json={"text": texts})).status_code] += 1
+            except httpx.TimeoutException:
+                statuses[0] += 1
+
+    async def probe_loop() -> None:
+        nonlocal probe_errors
+        async with httpx.AsyncClient(timeout=10) as client:
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                response = await client.get(f"{url}/healthz")
+                probes.append(time.monotonic() - sent)
+                probe_errors += response.status_code != 200
+                await asyncio.sleep(0.05)
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(probe_loop(), *(client_loop(client, 64 * start) for start in range(64)))
+    cuts = statistics.quantiles(probes, n=100)
+    return {
+        "overload_seconds": seconds,
+        "answers_by_status": {str(status): count for status, count in sorted(statuses.items())},  # 0: timed out
+        "healthz_probes": len(probes),
+        "healthz_errors": probe_errors,
+        "healthz_p50_ms": round(1000 * cuts[49], 1),
+        "healthz_p99_ms": round(1000 * cuts[98], 1),
+        "healthz_max_ms": round(1000 * max(probes), 1),
+        "server_peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -108,6 +152,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per level")
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent clients, comma-separated")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="then 64 clients for this long")
+    parser.add_argument("--overload-seconds", type=float, default=0.0, help="then a flood for this long")
     parser.add_argument("--serve-flags", default="", help="extra nmt-serve flags, e.g. '--max-wait-ms 10'")
     args = parser.parse_args()
     source = args.data_dir / args.source
@@ -121,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "nmt.serve", "-m", str(args.checkpoint), "--port", str(port),
-             "--max-queue", "4096", *args.serve_flags.split()],
+             *args.serve_flags.split()],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -145,6 +190,8 @@ def main() -> None:
                 first = asyncio.run(level(url, 64, 60, sentences, expected, server.pid))
                 rest = asyncio.run(level(url, 64, args.soak_minutes * 60 - 60, sentences, expected, server.pid))
                 print(json.dumps({"soak_minutes": args.soak_minutes, "after_first_minute": first, "end": rest}))
+            if args.overload_seconds:
+                print(json.dumps(asyncio.run(overload(url, args.overload_seconds, sentences, server.pid))))
             print(json.dumps({"baseline": "nmt-translate", "sentences": len(sentences),
                               "sentences_per_second": rate, "process_seconds": round(wall, 1)}))  # fmt: skip
         finally:
