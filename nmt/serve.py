@@ -25,7 +25,8 @@ from nmt.errors import NmtError, exit_on_user_error
 log = logging.getLogger("nmt.serve")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """nmt-serve's flags: the models, then one per ServeConfig and DecodeConfig field."""
     parser = argparse.ArgumentParser(
         prog="nmt-serve", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -35,7 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-id", default="default", help="the id of the model given with -m")
     add_flags(parser, ServeConfig, "service (nmt.config.ServeConfig)")
     add_flags(parser, DecodeConfig, "search and inference defaults of -m (nmt.config.DecodeConfig)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def served_models(args: argparse.Namespace) -> ServedModels:
