@@ -39,10 +39,6 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return parser().parse_args(argv)
-
-
 def served_models(args: argparse.Namespace) -> ServedModels:
     if args.model:
         decode = from_flags(args, DecodeConfig)
@@ -100,7 +96,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(exit_on_user_error(lambda: serve(args)))
 

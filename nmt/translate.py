@@ -55,10 +55,6 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return parser().parse_args(argv)
-
-
 def write_heatmaps(folder: Path, maps: list[AttentionMap | None], first_line: int, limit: int) -> int:
     """DIR/000001.png ... for each non-blank line (1-based numbers) until `limit` files exist;
     each is written beside its name and renamed onto it, so a link planted there is replaced,
@@ -123,7 +119,7 @@ def translate_stream(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         exit_on_user_error(lambda: translate(args))
     except BrokenPipeError:
