@@ -59,9 +59,14 @@ def served_models(args: argparse.Namespace) -> ServedModels:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn  # only the service needs it
+    try:  # only the service needs them: the [serve] extra
+        import uvicorn
 
-    from nmt.service import create_app
+        from nmt.service import create_app
+    except ImportError as error:
+        raise NmtError(
+            f'nmt-serve needs {error.name}, which is not installed: pip install -e ".[serve]" in a checkout'
+        ) from None
 
     cfg = from_flags(args, ServeConfig)
     cfg = dataclasses.replace(cfg, api_key=cfg.api_key or os.environ.get("NMT_API_KEY", ""))
