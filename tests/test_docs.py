@@ -93,7 +93,7 @@ def simple_commands(line: str, variables: dict[str, str]) -> Iterator[list[str]]
         if token in ("|", ";", "&&", "||", "&"):
             yield from _command(words, variables)
             words = []
-        elif token in (">", ">>", "<", "2>", "&>"):
+        elif token.strip("&") in (">", ">>", "<"):
             next(tokens, None)  # the file redirected to or from
         else:
             words.append(token)
@@ -151,15 +151,16 @@ def hydra_overrides(arguments: list[str]) -> list[list[str]]:
             raise WrongCommand(f"{word}: not a flag of a Hydra entry point")
         elif not word.startswith("-"):
             overrides.append(word)
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in parsed]
-    as_override = [
-        (lambda value, o=o: f"{o.get_key_element()}={value}") if o.is_sweep_override() else str for o in parsed
+    choices = [
+        [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for o in OverridesParser.create().parse_overrides(overrides)
     ]
-    first = [make(choices[0]) for make, choices in zip(as_override, values)]
+    first = [options[0] for options in choices]
     lists = [first]
-    for at, (make, choices) in enumerate(zip(as_override, values)):
-        lists += [[*first[:at], make(choice), *first[at + 1 :]] for choice in choices[1:]]
+    for at, options in enumerate(choices):
+        lists += [[*first[:at], option, *first[at + 1 :]] for option in options[1:]]
     return lists
 
 
