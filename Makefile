@@ -12,7 +12,7 @@ install:
 demo: install
 	$(PYTHON) -m nmt.train hydra.run.dir=$(RUN)
 	$(PYTHON) -m nmt.synthetic test src --lines 10 > $(RUN)/sample.src
-	nmt-translate -m $(RUN)/checkpoints/best.pt -i $(RUN)/sample.src -o $(RUN)/sample.hyp
+	$(PYTHON) -m nmt.translate -m $(RUN)/checkpoints/best.pt -i $(RUN)/sample.src -o $(RUN)/sample.hyp
 	paste $(RUN)/sample.src $(RUN)/sample.hyp
 	$(PYTHON) -m nmt.evaluate checkpoint=$(RUN)/checkpoints/best.pt split=test hydra.run.dir=$(RUN)/eval
 

@@ -73,11 +73,15 @@ def average_files(inputs: list[Path], output: Path) -> None:
         raise NmtError(f"{output}: cannot be written ({error.strerror or error})") from None
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nmt.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("-o", "--output", required=True, type=Path)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     exit_on_user_error(lambda: average_files(args.checkpoints, args.output))
     print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")

@@ -137,11 +137,11 @@ def attention_figure(
     return figure
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nmt.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder of python -m nmt.train (holds metrics.jsonl)")
     parser.add_argument("-o", "--output-dir", type=Path, help="where the PNGs go (default: RUN_DIR/plots)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def write_curves(run_dir: Path, out_dir: Path) -> list[Path]:
@@ -160,7 +160,7 @@ def write_curves(run_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     for path in exit_on_user_error(lambda: write_curves(args.run_dir, args.output_dir or args.run_dir / "plots")):
         print(path, file=sys.stdout)
 

@@ -37,8 +37,8 @@ def summary_writer_class() -> type:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise NmtError(
-            "train.tensorboard=true needs the tensorboard package: pip install nmt[tensorboard] "
-            "(or pip install tensorboard), or leave train.tensorboard=false"
+            "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+            '(in a checkout: pip install -e ".[tensorboard]"), or leave train.tensorboard=false'
         ) from None
     return SummaryWriter
 

@@ -25,7 +25,8 @@ from nmt.errors import NmtError, exit_on_user_error
 log = logging.getLogger("nmt.serve")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """nmt-serve's flags: the models, then one per ServeConfig and DecodeConfig field."""
     parser = argparse.ArgumentParser(
         prog="nmt-serve", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-id", default="default", help="the id of the model given with -m")
     add_flags(parser, ServeConfig, "service (nmt.config.ServeConfig)")
     add_flags(parser, DecodeConfig, "search and inference defaults of -m (nmt.config.DecodeConfig)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def served_models(args: argparse.Namespace) -> ServedModels:
@@ -58,9 +59,14 @@ def served_models(args: argparse.Namespace) -> ServedModels:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn  # only the service needs it
+    try:  # only the service needs them: the [serve] extra
+        import uvicorn
 
-    from nmt.service import create_app
+        from nmt.service import create_app
+    except ImportError as error:
+        raise NmtError(
+            f'nmt-serve needs {error.name}, which is not installed: pip install -e ".[serve]" in a checkout'
+        ) from None
 
     cfg = from_flags(args, ServeConfig)
     cfg = dataclasses.replace(cfg, api_key=cfg.api_key or os.environ.get("NMT_API_KEY", ""))
@@ -95,7 +101,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(exit_on_user_error(lambda: serve(args)))
 

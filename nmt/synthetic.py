@@ -10,6 +10,7 @@ Hundreds of stems times their inflections give a vocabulary where BPE subwords p
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import random
 
@@ -90,17 +91,20 @@ def generate_split(split: str, train_pairs: int, seed: int) -> tuple[list[str], 
     return [src for src, _ in pairs], [tgt for _, tgt in pairs]
 
 
-def main() -> None:
-    """Print one side of a split: `python -m nmt.synthetic test src --lines 20`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nmt.synthetic", description="Print one side of a split: python -m nmt.synthetic test src"
+    )
     parser.add_argument("split", choices=sorted(SPLIT_STREAMS))
     parser.add_argument("side", choices=("src", "tgt"))
     parser.add_argument("--lines", type=int, default=0, help="only the first N lines (0 = all)")
     parser.add_argument("--train-pairs", type=int, default=12000)
     parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     src, tgt = generate_split(args.split, args.train_pairs, args.seed)
     lines = src if args.side == "src" else tgt
     print("\n".join(lines[: args.lines or None]))

@@ -1,7 +1,8 @@
 """`python -m nmt.train`: train a model from the Hydra config and write checkpoints to the run dir.
 
-python -m nmt.train data=multi30k model=bench train.max_epochs=10 hydra.run.dir=runs/ende
-python -m nmt.train data=files data.dir=new_domain train.init_from=runs/ende/checkpoints/best.pt hydra.run.dir=runs/ft
+python -m nmt.train data=multi30k model=bench train=bench train.max_epochs=10 hydra.run.dir=runs/ende
+python -m nmt.train data=files data.dir=new_domain train=bench \\
+    train.init_from=runs/ende/checkpoints/best.pt hydra.run.dir=runs/ft
 """
 
 from __future__ import annotations

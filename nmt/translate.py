@@ -32,7 +32,8 @@ from nmt.files import atomic_output, check_distinct, open_input, read_chunks
 from nmt.translator import Translator, format_translations
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """nmt-translate's flags: its own, then one per DecodeConfig field (tests/test_docs.py parses the docs with it)."""
     parser = argparse.ArgumentParser(
         prog="nmt-translate",
         description=__doc__.split("\n\n")[0],
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     own.add_argument("--attention-dir", type=Path, metavar="DIR", help="write an attention heatmap PNG per line to DIR")
     own.add_argument("--max-heatmaps", type=int, default=1000, help="with --attention-dir: at most this many PNGs")
     add_flags(parser, DecodeConfig, "search and inference (nmt.config.DecodeConfig; decode.* in nmt.evaluate)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def write_heatmaps(folder: Path, maps: list[AttentionMap | None], first_line: int, limit: int) -> int:
@@ -118,7 +119,7 @@ def translate_stream(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         exit_on_user_error(lambda: translate(args))
     except BrokenPipeError:

@@ -53,7 +53,7 @@ def test_evaluate_scores_exactly_what_translate_prints_for_an_ensemble(
     translate.main([*(arg for member in members for arg in ("-m", str(member))), "-i", str(source), "--quiet", *flags])
     printed = capsys.readouterr().out
 
-    decode = from_flags(translate.parse_args(["-m", "unused", *flags]), DecodeConfig)  # the same options
+    decode = from_flags(translate.parser().parse_args(["-m", "unused", *flags]), DecodeConfig)  # the same options
     cfg = EvaluateConfig(
         checkpoints=[str(m) for m in members], decode=decode, source=str(source), reference=str(reference)
     )

@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_config
 from fastapi.testclient import TestClient
 
-from nmt import synthetic
+from nmt import serve, synthetic
 from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
 from nmt.service import create_app
 from nmt.translator import Translator
@@ -323,3 +323,14 @@ def test_several_processes_per_model_share_its_queue_and_stop(trained_checkpoint
     assert all(not process.is_alive() for process in state.workers["m"]._processes)
     alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
     assert [texts_of(answers[i]) for i in range(8)] == [[hyps[0].text] for hyps in alone]
+
+
+def test_nmt_serve_without_the_service_packages_says_how_to_install_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    with pytest.raises(SystemExit) as exited:
+        serve.main(["-m", "unused.pt"])
+    assert exited.value.code == 1
+    expected = 'error: nmt-serve needs uvicorn, which is not installed: pip install -e ".[serve]" in a checkout\n'
+    assert capsys.readouterr().err == expected
