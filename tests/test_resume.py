@@ -64,7 +64,7 @@ def test_resuming_from_weights_only_is_refused(trained_checkpoint, last, tmp_pat
         run(tiny_config(resume=str(path)), tmp_path / "run")
     message = str(error.value)
     assert message.startswith(f"{path}: holds weights only") and "\n" not in message
-    assert "resume from the last.pt of that run, or start afresh with train.resume=none" in message
+    assert f"or start a new run from these weights with train.init_from={path} (fine-tuning" in message
     assert not (tmp_path / "run").exists()
 
 
