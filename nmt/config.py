@@ -65,8 +65,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")
-        _require(self.corpus != "files" or bool(self.dir), "data.dir", "set for data.corpus=files")
-        _require(self.corpus != "hub" or bool(self.hub_name), "data.hub_name", "set for data.corpus=hub")
+        _require(self.corpus != "files" or bool(self.dir), "data.dir", "set for data.corpus=files (data.dir=FOLDER)")
+        _require(
+            self.corpus != "hub" or bool(self.hub_name),
+            "data.hub_name",
+            "set for data.corpus=hub (the dataset's name on the hub: data.hub_name=wmt14)",
+        )
         _require(self.src_lang != self.tgt_lang, "data.tgt_lang", "different from data.src_lang")
         _require(self.max_length >= 1, "data.max_length", ">= 1")
         _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
@@ -324,7 +328,11 @@ class EvaluateConfig:
     tokenized_lc: bool = False  # also BLEU on Moses-tokenized lowercased text (Multi30k literature)
 
     def __post_init__(self) -> None:
-        _require(bool(self.checkpoint) != bool(self.checkpoints), "checkpoint or checkpoints", "given (one of them)")
+        _require(
+            bool(self.checkpoint) != bool(self.checkpoints),
+            "checkpoint or checkpoints",
+            "given, one of them (checkpoint=PATH, or checkpoints=[A.pt,B.pt] for an ensemble)",
+        )
         _require(bool(self.source) == bool(self.reference), "source and reference", "given together")
 
     @property
