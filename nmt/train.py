@@ -33,7 +33,7 @@ from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
 from nmt.tokenization import bpe_progress
-from nmt.trainer import Trainer
+from nmt.trainer import Trainer, limit_reached
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +162,26 @@ def run(cfg: Config, out_dir: Path, explicit: Collection[str] = ()) -> float:
     """
     cfg = start_distributed(cfg)
     lead = not dist.is_initialized() or dist.get_rank() == 0
+    resume = resume_path(cfg.train.resume, out_dir)
     with RunFolder(out_dir, cfg.train, lead) as folder:
-        _, model, trainer = setup(cfg, folder, resume_path(cfg.train.resume, out_dir), explicit)
-        with stop_on_signals(trainer):
-            progress = trainer.fit()
-        log.info(
-            "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
-            "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
-            trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
-        )  # fmt: skip
-        folder.summary(progress, trainer.elapsed_minutes(), model, trainer.init_from)
+        _, model, trainer = setup(cfg, folder, resume, explicit)
+        progress = trainer.progress
+        reached = limit_reached(trainer.cfg.train, progress, progress.minutes) if resume else ""
+        if reached:  # nothing to train; its checkpoints, metrics and summary stay as they are
+            log.warning(
+                "%s: this run is finished (%s reached at step %d); nothing was trained or written. To train on, "
+                "run again with a higher %s (it may change on resume); train.resume=none or another "
+                "hydra.run.dir starts afresh", resume, reached, progress.step, reached.split("=")[0],
+            )  # fmt: skip
+        else:
+            with stop_on_signals(trainer):
+                trainer.fit()
+            log.info(
+                "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
+                "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
+                trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
+            )  # fmt: skip
+            folder.summary(progress, trainer.elapsed_minutes(), model, trainer.init_from)
     if dist.is_initialized():
         dist.destroy_process_group()
     return progress.best_score

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from nmt import checkpoint
 from nmt.batching import Batch, epoch_batches, make_batch
-from nmt.config import Config
+from nmt.config import Config, TrainConfig
 from nmt.data import PreparedData
 from nmt.errors import NmtError
 from nmt.loss import sequence_loss
@@ -48,10 +48,27 @@ class Progress:
     batches_done: int = 0  # batches of this epoch's plan already trained on, by all ranks
     minutes: float = 0.0  # training time so far, over all resumes
     best_score: float = -math.inf  # validation BLEU, or minus the loss
+    best_step: int | None = None  # the step of best.pt, and its validation scores (valid_loss, ...)
+    best_validation: dict[str, float] = field(default_factory=dict)
     validations_without_improvement: int = 0
     validated_step: int = -1
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    target_tokens: int = 0  # trained on, by all ranks; over update_seconds, the run's mean speed
+    update_seconds: float = 0.0  # time in updates: validation and checkpoint writes left out
+
+
+def limit_reached(train: TrainConfig, progress: Progress, minutes: float) -> str:
+    """The stopping setting a run at `progress` after `minutes` of training has reached, as
+    `key=value` ("" if none): a run stops there, and one resumed there has nothing left to do."""
+    limits = {
+        "max_epochs": progress.epoch > train.max_epochs,
+        "max_steps": progress.step >= train.max_steps,
+        "max_minutes": minutes >= train.max_minutes,
+        "patience": progress.validations_without_improvement >= train.patience,
+    }
+    reached = (name for name, hit in limits.items() if getattr(train, name) and hit)
+    return next((f"train.{name}={getattr(train, name)}" for name in reached), "")
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,6 +159,7 @@ class Trainer:
         score = record["valid_bleu"] if self.cfg.train.valid_metric == "bleu" else -record["valid_loss"]
         if score > progress.best_score:
             progress.best_score, progress.validations_without_improvement = score, 0
+            progress.best_step, progress.best_validation = progress.step, record
             self.run.save("best.pt", self._checkpoint(valid=record))
         else:
             progress.validations_without_improvement += 1
@@ -197,15 +215,12 @@ class Trainer:
                 "from checkpoints/last.pt with different settings"
             )
 
+    def limit_reached(self) -> str:
+        """The stopping setting this run has reached, as `key=value`; "" while it goes on."""
+        return limit_reached(self.cfg.train, self.progress, self.elapsed_minutes())
+
     def _finished(self) -> bool:
-        train, progress = self.cfg.train, self.progress
-        return (
-            self.stop_requested
-            or bool(train.max_epochs and progress.epoch > train.max_epochs)
-            or bool(train.max_steps and progress.step >= train.max_steps)
-            or bool(train.max_minutes and self.elapsed_minutes() >= train.max_minutes)
-            or bool(train.patience and progress.validations_without_improvement >= train.patience)
-        )
+        return self.stop_requested or bool(self.limit_reached())
 
     def fit(self) -> Progress:
         """Train until a limit, early stopping or a stop request; return the final progress."""
@@ -225,7 +240,10 @@ class Trainer:
                 group = plan[progress.batches_done : progress.batches_done + per_update]
                 mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
                 nll, grad_norm, tokens = self.update(mine)
-                window_seconds += time.monotonic() - update_start
+                seconds = time.monotonic() - update_start
+                window_seconds += seconds
+                progress.update_seconds += seconds
+                progress.target_tokens += tokens * self.world
                 progress.batches_done += per_update
                 progress.step += 1
                 self.run.updated(progress.epoch, nll / max(tokens, 1))

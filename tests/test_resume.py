@@ -1,6 +1,7 @@
 """Resuming continues the same run or refuses in one line: weights-only checkpoints, changed settings."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,17 @@ def test_resuming_from_weights_only_is_refused(trained_checkpoint, last, tmp_pat
     assert message.startswith(f"{path}: holds weights only") and "\n" not in message
     assert f"or start a new run from these weights with train.init_from={path} (fine-tuning" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_left_as_it_is_and_says_how_to_train_on(trained_checkpoint, tmp_path, caplog):
+    folder = tmp_path / "run"
+    shutil.copytree(trained_checkpoint.parent.parent, folder)
+    files = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    best = run(tiny_config(), folder)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == files
+    assert best == torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["progress"]["best_score"]
+    message = f"{folder / 'checkpoints' / 'last.pt'}: this run is finished (train.max_steps=40 reached at step 40)"
+    assert message in caplog.text and "run again with a higher train.max_steps" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Training that never loses work: exact resume, signals, atomic saves, stopping, accumulation, DDP."""
 
+import json
 import math
 import shutil
 import signal
@@ -15,7 +16,7 @@ from conftest import collate, tiny_config
 
 from nmt import checkpoint
 from nmt.average import average
-from nmt.batching import epoch_batches
+from nmt.batching import epoch_batches, make_batch
 from nmt.cache import prepare
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
@@ -118,6 +119,10 @@ def saved_step(tmp_path, name):
     return torch.load(tmp_path / "checkpoints" / name, weights_only=True)["step"]
 
 
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def validation_losses(trainer, losses):
     remaining = iter(losses)
     trainer.validate = lambda: {"valid_loss": next(remaining), "valid_ppl": 1.0}
@@ -127,9 +132,26 @@ def test_early_stopping_after_patience_validations_without_improvement(tmp_path)
     trainer = tiny_trainer(tmp_path, max_steps=1000, valid_every=2, patience=2)
     validation_losses(trainer, [3.0, 2.0, 2.5, 2.0, 1.0])
     progress = trainer.fit()
-    assert [r["valid_loss"] for r in trainer.run.records if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
+    assert [r["valid_loss"] for r in records(tmp_path) if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
     assert progress.step == 8 and progress.best_score == -2.0
     assert saved_step(tmp_path, "best.pt") == 4 and saved_step(tmp_path, "last.pt") == 8
+
+
+def test_the_summary_after_a_resume_covers_the_whole_run(tmp_path):
+    first = tiny_trainer(tmp_path, max_steps=4, valid_every=2)
+    validation_losses(first, [3.0, 2.0])
+    first.fit()
+    resumed = tiny_trainer(tmp_path, max_steps=8, valid_every=2)
+    resumed.load_state_dict(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True))
+    validation_losses(resumed, [2.5, 2.2])
+    progress = resumed.fit()
+    summary = resumed.run.summary(progress, resumed.elapsed_minutes(), resumed.module)
+    assert summary["best_step"] == 4 and summary["best_validation"] == {"valid_loss": 2.0, "valid_ppl": 1.0}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    corpus = first.data.train
+    plan = epoch_batches(corpus, 1500, seed=1, epoch=1)[:8]  # the 8 updates of both processes
+    assert progress.target_tokens == sum(make_batch(corpus, indices).target_tokens for indices in plan)
+    assert summary["tgt_tokens_per_s"] == progress.target_tokens / progress.update_seconds
 
 
 def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
