@@ -121,7 +121,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up (inverse_sqrt, exponential)
     decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
     decay_every: int = 10000
-    plateau_factor: float = 0.5  # plateau: lr *= factor after plateau_patience validations without improvement
+    plateau_factor: float = 0.5  # plateau: lr *= factor each time plateau_patience validations bring no improvement
+    # plateau: validations in a row without a better valid_metric that lower the lr, counted as train.patience counts
     plateau_patience: int = 2
     clip_norm: float = 1.0  # 0 disables gradient-norm clipping
     label_smoothing: float = 0.1
@@ -134,7 +135,7 @@ class TrainConfig:
     valid_every: int = 0  # steps; 0 = at the end of each epoch
     valid_metric: str = "bleu"  # bleu (of the decoded validation set) | loss: selects best.pt, drives patience
     valid_beam_size: int = 1  # beam of the validation BLEU search (1 = greedy); the rest of the search is decode.*
-    patience: int = 0  # early stopping after this many validations without improvement; 0 = off
+    patience: int = 0  # stop after this many validations in a row without a better valid_metric; 0 = off
     save_every: int = 0  # steps between last.pt writes (also at each validation and at the end); 0 = those only
     keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
     resume: str = "auto"  # auto (continue the run in the output dir if any) | none | PATH of a last.pt
@@ -154,6 +155,7 @@ class TrainConfig:
         _require(0 < self.decay_rate <= 1, "train.decay_rate", "in (0, 1]")
         _require(self.decay_every >= 1, "train.decay_every", ">= 1")
         _require(0 < self.plateau_factor < 1, "train.plateau_factor", "in (0, 1)")
+        _require(self.plateau_patience >= 1, "train.plateau_patience", ">= 1")
         _require(self.valid_metric in VALID_METRICS, "train.valid_metric", f"one of {VALID_METRICS}")
         _require(self.patience >= 0, "train.patience", ">= 0")
         _require(self.save_every >= 0, "train.save_every", ">= 0")

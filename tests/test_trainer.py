@@ -197,13 +197,17 @@ def test_schedules():
     assert exponential(30, 10, 0.5, 10) == 0.25 and exponential(5, 10, 0.5, 10) == 0.5
 
 
-def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_patience_and_plateau_patience_both_act_at_the_nth_validation_without_improvement(tmp_path, n):
     trainer = tiny_trainer(
-        tmp_path, lr=0.01, max_steps=6, valid_every=2, schedule="plateau", plateau_patience=0, plateau_factor=0.5
+        tmp_path, lr=0.01, max_steps=20, valid_every=1, patience=n, schedule="plateau", plateau_patience=n
     )
-    validation_losses(trainer, [2.0, 1.0, 1.5])
-    trainer.fit()
-    assert trainer.optimizer.param_groups[0]["lr"] == 0.005
+    validation_losses(trainer, [3.0, 2.0, *[2.5] * n, 1.0])  # the best at validation 2, then n worse
+    rates = []  # the learning rate each validation found
+    validate = trainer.validate
+    trainer.validate = lambda: rates.append(trainer.optimizer.param_groups[0]["lr"]) or validate()
+    assert trainer.fit().step == 2 + n  # stopped by validation 2 + n ...
+    assert rates == [0.01] * (2 + n) and trainer.optimizer.param_groups[0]["lr"] == 0.005  # ... which halved the rate
 
 
 def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
