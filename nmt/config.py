@@ -113,7 +113,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimization, validation and stopping."""
 
-    seed: int = 1
+    seed: int = 1  # initial weights, batch order, and each batch's dropout masks (with the step, see trainer.py)
     batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
     accumulate: int = 1  # batches per update (gradient accumulation)
     lr: float = 1e-3
@@ -148,6 +148,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**32, "train.seed", "in [0, 2**32)")
         _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
         _require(self.accumulate >= 1, "train.accumulate", ">= 1")
         _require(self.schedule in SCHEDULES, "train.schedule", f"one of {SCHEDULES}")

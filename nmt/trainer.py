@@ -8,9 +8,10 @@ A run can also start from another run's model (`start_from`, train.init_from): i
 with train.init_reset=false its optimizer and schedule; it validates once before the first update
 (step 0), and its checkpoints name the model it started from.
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
-is normalized by the target tokens of the whole update, so N ranks equal one process with
-N-fold accumulation. The trainer writes only through its `RunFolder` (metrics, checkpoints,
-progress bars) and validates with `nmt.validation`.
+is normalized by the target tokens of the whole update, and each batch's dropout masks are drawn
+from a seed of its own (`dropout_seed`), so N ranks equal one process with N-fold accumulation.
+The trainer writes only through its `RunFolder` (metrics, checkpoints, progress bars) and
+validates with `nmt.validation`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -69,6 +71,13 @@ def limit_reached(train: TrainConfig, progress: Progress, minutes: float) -> str
     }
     reached = (name for name, hit in limits.items() if getattr(train, name) and hit)
     return next((f"train.{name}={getattr(train, name)}" for name in reached), "")
+
+
+def dropout_seed(seed: int, step: int, position: int) -> int:
+    """The seed of the dropout masks of batch `position` of update `step`, counted over all ranks
+    (rank r holds positions r, r + world, ...): ranks draw different masks, one process accumulating
+    N batches draws what N ranks draw, and a resumed run draws what it would have drawn."""
+    return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0])
 
 
 def rng_state() -> dict[str, Any]:
@@ -180,6 +189,7 @@ class Trainer:
             dist.all_reduce(tokens)
         nll = torch.zeros((), device=self.device)
         for index, batch in enumerate(batches):
+            torch.manual_seed(dropout_seed(train.seed, self.progress.step, self.rank + index * self.world))
             batch = batch.to(self.device)
             last = index == len(batches) - 1
             # DDP averages gradients over ranks; scaling by world / tokens makes that a sum over the update

@@ -22,7 +22,7 @@ from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
 from nmt.schedule import exponential, inverse_sqrt
-from nmt.trainer import Trainer
+from nmt.trainer import Trainer, dropout_seed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -154,6 +154,11 @@ def test_the_summary_after_a_resume_covers_the_whole_run(tmp_path):
     assert summary["tgt_tokens_per_s"] == progress.target_tokens / progress.update_seconds
 
 
+def test_every_batch_of_a_run_has_its_own_dropout_seed():
+    seeds = {dropout_seed(seed, step, position) for seed in (1, 2) for step in range(200) for position in range(8)}
+    assert len(seeds) == 2 * 200 * 8
+
+
 def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
     trainer = tiny_trainer(tmp_path, lr=1e-2)
     trainer.module.decoder.dropout.p = trainer.module.encoder.dropout.p = 0.0
@@ -218,8 +223,8 @@ def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_two_gloo_ranks_equal_one_process_accumulating_two(tmp_path):
-    common = ["train.max_steps=3", "model.dropout=0", "train.seed=3"]
+def test_two_gloo_ranks_equal_one_process_accumulating_two_dropout_included(tmp_path):
+    common = ["train.max_steps=3", "model.dropout=0.3", "train.seed=3"]
     ddp = train_cli(tmp_path / "ddp", *common, launcher=("torchrun", "--nproc_per_node=2", "--master_port=29533", "-m"))
     finish(ddp)
     finish(train_cli(tmp_path / "single", *common, "train.accumulate=2"))
