@@ -71,6 +71,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "train.resume_changed",
         "train.threads",
         "train.device",
+        "train.dist_timeout_minutes",
     }
 )
 

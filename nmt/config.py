@@ -146,6 +146,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"
+    # torchrun: how long a rank waits for the others (a barrier while rank 0 prepares the corpus, an all-reduce)
+    # before the run fails; for gloo and NCCL alike (NCCL's own default would be 10 minutes)
+    dist_timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**32, "train.seed", "in [0, 2**32)")
@@ -178,6 +181,7 @@ class TrainConfig:
         _require(self.valid_beam_size >= 1, "train.valid_beam_size", ">= 1")
         _require(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}")
         _require(self.threads >= 0, "train.threads", ">= 0")
+        _require(self.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "> 0")
         _require(
             not self.init_from or self.resume in ("auto", "none"),
             "train.resume",

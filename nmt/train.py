@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import os
 import random
@@ -48,11 +49,13 @@ def resume_path(setting: str, out_dir: Path) -> Path | None:
 
 
 def start_distributed(cfg: Config) -> Config:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); one device per rank."""
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU), whose collectives wait up to
+    train.dist_timeout_minutes; one device per rank."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return cfg
     cuda = cfg.train.device.startswith("cuda")
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    timeout = datetime.timedelta(minutes=cfg.train.dist_timeout_minutes)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     if not cuda:
         return cfg
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"

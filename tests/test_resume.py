@@ -32,6 +32,7 @@ def test_stopping_reporting_saving_and_placement_may_change(last):
     cfg = tiny_config(
         max_epochs=3, max_steps=80, max_minutes=5.0, patience=4, max_nonfinite=9, log_every=7, progress=False,
         tensorboard=True, save_every=3, keep_last=2, resume="elsewhere/last.pt", threads=1, device="cuda",
+        dist_timeout_minutes=60,
     )  # fmt: skip
     cfg = with_data(cfg, num_proc=2, cache_dir="/elsewhere")
     assert checkpoint.changed_settings(checkpoint.load(last), cfg) == {}

@@ -1,5 +1,6 @@
 """Training that never loses work: exact resume, signals, atomic saves, stopping, accumulation, DDP."""
 
+import datetime
 import json
 import math
 import shutil
@@ -22,6 +23,7 @@ from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
 from nmt.schedule import exponential, inverse_sqrt
+from nmt.train import start_distributed
 from nmt.trainer import Trainer, dropout_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +222,14 @@ def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
     averaged = average([state, state], [trained_checkpoint, trained_checkpoint])
     assert all(torch.equal(averaged["model"][k], state["model"][k]) for k in state["model"])
     checkpoint.restore(averaged, trained_checkpoint)
+
+
+def test_the_process_group_waits_train_dist_timeout_minutes(monkeypatch):
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **options: joined.append(options))
+    start_distributed(tiny_config(dist_timeout_minutes=7.5))
+    assert joined == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=7.5)}]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
