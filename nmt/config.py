@@ -142,7 +142,7 @@ class TrainConfig:
     resume_changed: bool = False  # continue a run even though its data or train settings changed
     init_from: str = ""  # PATH of a checkpoint whose weights, BPE models and vocabularies start a new run (fine-tuning)
     init_reset: bool = True  # with init_from: a fresh optimizer and schedule; false keeps the checkpoint's (a last.pt)
-    max_nonfinite: int = 5  # abort after this many updates in a row with a non-finite loss or gradient
+    max_nonfinite: int = 5  # abort after this many skipped updates in a row: non-finite loss or gradient (fp16: scaled)
     precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"

@@ -203,12 +203,19 @@ class Trainer:
             nll += out.nll.detach()
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), train.clip_norm or math.inf))
-        if not self.scaler.is_enabled() and not (math.isfinite(grad_norm) and torch.isfinite(nll)):
-            self._skip_nonfinite_update()
-        else:
-            self.progress.nonfinite_in_a_row = 0
+        if self.scaler.is_enabled():  # fp16: the scaler skips a step whose scaled gradients overflowed ...
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            applied = self.scaler.get_scale() >= scale  # ... and then halves its scale
+        else:
+            applied = math.isfinite(grad_norm) and bool(torch.isfinite(nll))
+            if applied:
+                self.optimizer.step()
+        if applied:
+            self.progress.nonfinite_in_a_row = 0
+        else:
+            self._skip_nonfinite_update()
         self.optimizer.zero_grad(set_to_none=True)
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()

@@ -181,10 +181,14 @@ def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
         torch.testing.assert_close(accumulated[name], tensor, atol=1e-5, rtol=1e-4)
 
 
-def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "fp16-grad-scaler"])
+def test_nonfinite_updates_are_skipped_counted_then_abort(tmp_path, scaled):
     trainer = tiny_trainer(tmp_path, max_nonfinite=3)
+    if scaled:  # fp16's path (its autocast needs CUDA): the scaler finds the overflow and skips the step itself
+        trainer.scaler = torch.amp.GradScaler("cpu")
     corpus = trainer.data.train
     batch = collate([corpus.src_ids[0]], [corpus.tgt_ids[0]])
+    trainer.update([batch])
     before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     with torch.no_grad():
         trainer.module.output.bias.fill_(math.nan)
@@ -193,7 +197,8 @@ def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
         trainer.update([batch])
     after = trainer.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k != "output.bias")
-    assert trainer.progress.nonfinite_total == 2
+    assert (trainer.progress.nonfinite_total, trainer.progress.nonfinite_in_a_row) == (2, 2)
+    assert trainer.scaler.get_scale() == (2.0**16 / 4 if scaled else 1.0)
     with pytest.raises(NmtError, match="3 updates in a row"):
         trainer.update([batch])
 
