@@ -202,7 +202,7 @@ class DecodeConfig:
     beam_size: int = option(5, "hypotheses kept per sentence; 1 = greedy search")
     nbest: int = option(1, "translations returned per sentence, best first (at most beam_size)")
     batch_tokens: int = option(
-        6000, "search rows x padded source subwords per batch (beam search holds beam_size rows a sentence)"
+        6000, "a batch's sentences x beam_size (1 when sampling) x its longest source in subwords, at most"
     )
     max_length_ratio: float = option(2.0, "a translation ends at ratio x source subwords + max_length_offset")
     max_length_offset: int = option(10, "subwords added to max_length_ratio x source subwords")
