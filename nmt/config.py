@@ -121,9 +121,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up (inverse_sqrt, exponential)
     decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
     decay_every: int = 10000
-    plateau_factor: float = 0.5  # plateau: lr *= factor each time plateau_patience validations bring no improvement
-    # plateau: validations in a row without a better valid_metric that lower the lr, counted as train.patience counts
-    plateau_patience: int = 2
+    plateau_factor: float = 0.5  # plateau: lr *= factor after plateau_patience validations without improvement
+    plateau_patience: int = 2  # plateau: validations in a row without a better valid_metric, counted as patience
     clip_norm: float = 1.0  # 0 disables gradient-norm clipping
     label_smoothing: float = 0.1
     max_epochs: int = 10  # 0 = no limit

@@ -232,12 +232,8 @@ class Trainer:
                 "from checkpoints/last.pt with different settings"
             )
 
-    def limit_reached(self) -> str:
-        """The stopping setting this run has reached, as `key=value`; "" while it goes on."""
-        return limit_reached(self.cfg.train, self.progress, self.elapsed_minutes())
-
     def _finished(self) -> bool:
-        return self.stop_requested or bool(self.limit_reached())
+        return self.stop_requested or bool(limit_reached(self.cfg.train, self.progress, self.elapsed_minutes()))
 
     def fit(self) -> Progress:
         """Train until a limit, early stopping or a stop request; return the final progress."""
