@@ -71,6 +71,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "train.resume_changed",
         "train.threads",
         "train.device",
+        "train.dist_timeout_minutes",
     }
 )
 
@@ -192,7 +193,8 @@ def check_resumable(state: dict[str, Any], path: Path, cfg: Config) -> None:
     if missing:
         raise NmtError(
             f"{path}: holds weights only, without the training state a resume needs ({', '.join(missing)}); "
-            "resume from the last.pt of that run, or start afresh with train.resume=none or another hydra.run.dir"
+            f"resume from the last.pt of that run, or start a new run from these weights with train.init_from={path} "
+            "(fine-tuning: a fresh optimizer and schedule) and train.resume=none or another hydra.run.dir"
         )
     changed = changed_settings(state, cfg)
     listing = "; ".join(f"{key} {reprlib.repr(old)} -> {reprlib.repr(new)}" for key, (old, new) in changed.items())

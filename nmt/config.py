@@ -65,8 +65,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.corpus in CORPUS_KINDS, "data.corpus", f"one of {CORPUS_KINDS}")
-        _require(self.corpus != "files" or bool(self.dir), "data.dir", "set for data.corpus=files")
-        _require(self.corpus != "hub" or bool(self.hub_name), "data.hub_name", "set for data.corpus=hub")
+        _require(self.corpus != "files" or bool(self.dir), "data.dir", "set for data.corpus=files (data.dir=FOLDER)")
+        _require(
+            self.corpus != "hub" or bool(self.hub_name),
+            "data.hub_name",
+            "set for data.corpus=hub (the dataset's name on the hub: data.hub_name=wmt14)",
+        )
         _require(self.src_lang != self.tgt_lang, "data.tgt_lang", "different from data.src_lang")
         _require(self.max_length >= 1, "data.max_length", ">= 1")
         _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
@@ -109,7 +113,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimization, validation and stopping."""
 
-    seed: int = 1
+    seed: int = 1  # initial weights, batch order, and each batch's dropout masks (with the step, see trainer.py)
     batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
     accumulate: int = 1  # batches per update (gradient accumulation)
     lr: float = 1e-3
@@ -118,7 +122,7 @@ class TrainConfig:
     decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
     decay_every: int = 10000
     plateau_factor: float = 0.5  # plateau: lr *= factor after plateau_patience validations without improvement
-    plateau_patience: int = 2
+    plateau_patience: int = 2  # plateau: validations in a row without a better valid_metric, counted as patience
     clip_norm: float = 1.0  # 0 disables gradient-norm clipping
     label_smoothing: float = 0.1
     max_epochs: int = 10  # 0 = no limit
@@ -130,19 +134,23 @@ class TrainConfig:
     valid_every: int = 0  # steps; 0 = at the end of each epoch
     valid_metric: str = "bleu"  # bleu (of the decoded validation set) | loss: selects best.pt, drives patience
     valid_beam_size: int = 1  # beam of the validation BLEU search (1 = greedy); the rest of the search is decode.*
-    patience: int = 0  # early stopping after this many validations without improvement; 0 = off
+    patience: int = 0  # stop after this many validations in a row without a better valid_metric; 0 = off
     save_every: int = 0  # steps between last.pt writes (also at each validation and at the end); 0 = those only
     keep_last: int = 0  # also keep step-N.pt for the last N saves; 0 = only last.pt and best.pt
     resume: str = "auto"  # auto (continue the run in the output dir if any) | none | PATH of a last.pt
     resume_changed: bool = False  # continue a run even though its data or train settings changed
     init_from: str = ""  # PATH of a checkpoint whose weights, BPE models and vocabularies start a new run (fine-tuning)
     init_reset: bool = True  # with init_from: a fresh optimizer and schedule; false keeps the checkpoint's (a last.pt)
-    max_nonfinite: int = 5  # abort after this many updates in a row with a non-finite loss or gradient
+    max_nonfinite: int = 5  # abort after this many skipped updates in a row: non-finite loss or gradient (fp16: scaled)
     precision: str = "fp32"  # fp32 | bf16 (autocast, master weights stay fp32) | fp16 (CUDA, grad scaler)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"
+    # torchrun: how long a rank waits for the others (a barrier while rank 0 prepares the corpus, an all-reduce)
+    # before the run fails; for gloo and NCCL alike (NCCL's own default would be 10 minutes)
+    dist_timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**32, "train.seed", "in [0, 2**32)")
         _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
         _require(self.accumulate >= 1, "train.accumulate", ">= 1")
         _require(self.schedule in SCHEDULES, "train.schedule", f"one of {SCHEDULES}")
@@ -150,6 +158,7 @@ class TrainConfig:
         _require(0 < self.decay_rate <= 1, "train.decay_rate", "in (0, 1]")
         _require(self.decay_every >= 1, "train.decay_every", ">= 1")
         _require(0 < self.plateau_factor < 1, "train.plateau_factor", "in (0, 1)")
+        _require(self.plateau_patience >= 1, "train.plateau_patience", ">= 1")
         _require(self.valid_metric in VALID_METRICS, "train.valid_metric", f"one of {VALID_METRICS}")
         _require(self.patience >= 0, "train.patience", ">= 0")
         _require(self.save_every >= 0, "train.save_every", ">= 0")
@@ -171,6 +180,7 @@ class TrainConfig:
         _require(self.valid_beam_size >= 1, "train.valid_beam_size", ">= 1")
         _require(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}")
         _require(self.threads >= 0, "train.threads", ">= 0")
+        _require(self.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "> 0")
         _require(
             not self.init_from or self.resume in ("auto", "none"),
             "train.resume",
@@ -191,7 +201,7 @@ class DecodeConfig:
     beam_size: int = option(5, "hypotheses kept per sentence; 1 = greedy search")
     nbest: int = option(1, "translations returned per sentence, best first (at most beam_size)")
     batch_tokens: int = option(
-        6000, "search rows x padded source subwords per batch (beam search holds beam_size rows a sentence)"
+        6000, "a batch's sentences x beam_size (1 when sampling) x its longest source in subwords, at most"
     )
     max_length_ratio: float = option(2.0, "a translation ends at ratio x source subwords + max_length_offset")
     max_length_offset: int = option(10, "subwords added to max_length_ratio x source subwords")
@@ -324,7 +334,11 @@ class EvaluateConfig:
     tokenized_lc: bool = False  # also BLEU on Moses-tokenized lowercased text (Multi30k literature)
 
     def __post_init__(self) -> None:
-        _require(bool(self.checkpoint) != bool(self.checkpoints), "checkpoint or checkpoints", "given (one of them)")
+        _require(
+            bool(self.checkpoint) != bool(self.checkpoints),
+            "checkpoint or checkpoints",
+            "given, one of them (checkpoint=PATH, or checkpoints=[A.pt,B.pt] for an ensemble)",
+        )
         _require(bool(self.source) == bool(self.reference), "source and reference", "given together")
 
     @property

@@ -6,8 +6,9 @@
 in two maps over `data.num_proc` worker processes: Moses normalization and tokenization into
 space-separated tokens; then, once BPE is learned on a seeded sample of at most
 `data.bpe_sample_size` training pairs, BPE encoding. With data.streaming the training split is
-read twice from the hub (the BPE sample, then everything, encoded in this process) and only its
-ids are stored: a corpus larger than the disk needs room for its ids only.
+read twice from the hub (for a seeded sample of pairs to learn BPE on, drawn in one pass, then to
+encode everything in this process) and only its ids are stored: a corpus larger than the disk
+needs room for its ids only.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] 
         tokens[split] = _map(raw, moses, work / split / "moses.arrow", procs, f"Moses-tokenizing {split}", 1000)
         files[split] = {"pairs": pairs, "text": f"{split}/text.arrow"}
     if bpe is None and cfg.streaming:
-        sample = (moses(chunk) for chunk in _first_pairs(split_chunks(cfg, "train"), cfg.bpe_sample_size))
+        pairs = _reservoir(split_chunks(cfg, "train"), cfg.bpe_sample_size, cfg.bpe_sample_seed)
+        sample = (
+            moses({side: lines[start : start + CHUNK_PAIRS] for side, lines in pairs.items()})
+            for start in range(0, len(pairs["src"]), CHUNK_PAIRS)
+        )
         path = work / "train" / "sample.arrow"
         _write_arrow(path, TOKENS_SCHEMA, _tables(sample, TOKENS_SCHEMA), "Moses-tokenizing the BPE sample")
         bpe = _learn_bpe(cfg, datasets.Dataset.from_file(str(path)))
@@ -94,15 +99,33 @@ def _tables(chunks: Iterable[dict[str, list[str]]], schema: pa.Schema) -> Iterat
         yield pa.table(chunk, schema=schema)
 
 
-def _first_pairs(chunks: Iterable[dict[str, list[str]]], limit: int) -> Iterator[dict[str, list[str]]]:
-    """The chunks up to `limit` pairs in all (0: every pair), reading no further."""
-    left = limit or float("inf")
-    for chunk in chunks:
-        taken = int(min(left, len(chunk["src"])))
-        yield {side: lines[:taken] for side, lines in chunk.items()}
-        left -= taken
-        if left <= 0:
-            return
+def _reservoir(chunks: Iterable[dict[str, list[str]]], size: int, seed: int) -> dict[str, list[str]]:
+    """At most `size` pairs (0: all) of a stream of chunks, each pair as likely as any other, drawn
+    by `seed` in one pass (reservoir sampling, Vitter's algorithm R), in corpus order. One uniform
+    draw per pair after the first `size`, so the sample does not depend on the chunk sizes."""
+    rng = np.random.default_rng(seed)
+    kept: dict[str, list[str]] = {"src": [], "tgt": []}
+    positions: list[int] = []  # the corpus position of the pair in each slot
+    seen = 0
+    with tqdm(desc="sampling pairs to learn BPE on", unit=" pairs", dynamic_ncols=True) as bar:
+        for chunk in chunks:
+            count = len(chunk["src"])
+            filled = count if not size else max(0, min(count, size - seen))
+            for side in kept:
+                kept[side].extend(chunk[side][:filled])
+            positions.extend(range(seen, seen + filled))
+            # pair number t (from 0) takes slot j, uniform in [0, t], when j < size: probability size / (t + 1)
+            numbers = np.arange(seen + filled, seen + count)
+            slots = (rng.random(len(numbers)) * (numbers + 1)).astype(np.int64)
+            for offset in np.flatnonzero(slots < size):
+                slot, index = int(slots[offset]), filled + int(offset)
+                for side in kept:
+                    kept[side][slot] = chunk[side][index]
+                positions[slot] = seen + index
+            seen += count
+            bar.update(count)
+    order = np.argsort(positions, kind="stable")
+    return {side: [lines[i] for i in order] for side, lines in kept.items()}
 
 
 def _write_arrow(path: Path, schema: pa.Schema, tables: Iterable[pa.Table], description: str) -> int:

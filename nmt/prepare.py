@@ -41,9 +41,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(dict_cfg: DictConfig) -> None:
-    cfg: Config = OmegaConf.to_object(dict_cfg)
     datasets.enable_progress_bars()  # the map steps and the reading show bars on stderr
-    print(exit_on_user_error(lambda: run(cfg.data)))
+
+    def prepare_data() -> str:
+        cfg: Config = OmegaConf.to_object(dict_cfg)  # an impossible value is a user error too
+        return run(cfg.data)
+
+    print(exit_on_user_error(prepare_data))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     <run>/checkpoints/last.pt    with training state; best.pt; step-N.pt for the last train.keep_last saves
     <run>/summary.json           the best checkpoint, its validation scores, steps, minutes, speed
 
-Under torch.distributed only rank 0 writes (`lead`); every rank keeps the records it logged.
+Under torch.distributed only rank 0 writes (`lead`).
 Progress bars go to stderr when it is a terminal and train.progress is on.
 """
 
@@ -68,7 +68,6 @@ def _format(record: dict[str, Any]) -> str:
 class RunFolder:
     def __init__(self, path: Path, cfg: TrainConfig, lead: bool = True) -> None:
         self.path, self.cfg, self.lead = path, cfg, lead
-        self.records: list[dict[str, Any]] = []
         writer_class = summary_writer_class() if cfg.tensorboard and lead else None
         self.bars = cfg.progress and lead  # tqdm bars also hide themselves when stderr is not a terminal
         self.writer = writer_class(log_dir=str(path / "tensorboard")) if writer_class else None
@@ -84,7 +83,6 @@ class RunFolder:
 
     def log(self, record: dict[str, Any]) -> None:
         """A line of metrics.jsonl (and the log, and TensorBoard)."""
-        self.records.append(record)
         if not self.lead:
             return
         log.info(_format(record))
@@ -122,19 +120,17 @@ class RunFolder:
         self, progress: Progress, minutes: float, model: nn.Module, init_from: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """What a user wants after training, written to summary.json: the best checkpoint, its
-        validation scores, the cost, and the checkpoint the run started from (`init_from`: path, step)."""
-        validations = [r for r in self.records if "valid_loss" in r]
-        best = next((r for r in validations if r["best_score"] == progress.best_score), {})
-        speeds = [r["tgt_tokens_per_s"] for r in self.records if "tgt_tokens_per_s" in r]
+        validation scores, the cost, and the checkpoint the run started from (`init_from`: path, step).
+        All from `progress`, which covers the whole run, resumes included."""
         summary = {
             "best_checkpoint": str(self.path / "checkpoints" / "best.pt"),
-            "best_step": best.get("step"),
-            "best_validation": {k: v for k, v in best.items() if k.startswith("valid_")},
+            "best_step": progress.best_step,
+            "best_validation": progress.best_validation,
             "steps": progress.step,
             "epoch": progress.epoch,
             "minutes": minutes,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "tgt_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "tgt_tokens_per_s": progress.target_tokens / progress.update_seconds if progress.update_seconds else None,
             "nonfinite_skipped": progress.nonfinite_total,
             "init_from": init_from["path"] if init_from else None,
             "init_from_step": init_from["step"] if init_from else None,

@@ -3,7 +3,8 @@
 constant:      1
 inverse_sqrt:  min(step / warmup, sqrt(warmup / step))         (warmup then 1/sqrt decay)
 exponential:   min(step / warmup, 1) * rate ** (max(step - warmup, 0) / every)
-plateau:       multiplied by `factor` after `patience` validations without improvement
+plateau:       multiplied by `factor` each time `plateau_patience` validations in a row do not beat
+               the best score (counted as early stopping's `patience` counts: N means after the Nth)
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """Step-based schedules step after each update; `plateau` steps after each validation."""
     if cfg.schedule == "plateau":
+        # PyTorch lowers the rate when more than `patience` validations did not improve, and counts an
+        # improvement only above a relative threshold; the trainer's count is ">= N, any better score"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience - 1, threshold=0.0
         )
     factors = {
         "constant": lambda step: 1.0,

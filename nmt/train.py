@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import os
 import random
@@ -34,7 +35,7 @@ from nmt.errors import NmtError, exit_on_user_error
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
 from nmt.tokenization import bpe_progress
-from nmt.trainer import Trainer
+from nmt.trainer import Trainer, limit_reached
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,13 @@ def resume_path(setting: str, out_dir: Path) -> Path | None:
 
 
 def start_distributed(cfg: Config) -> Config:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); one device per rank."""
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU), whose collectives wait up to
+    train.dist_timeout_minutes; one device per rank."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return cfg
     cuda = cfg.train.device.startswith("cuda")
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    timeout = datetime.timedelta(minutes=cfg.train.dist_timeout_minutes)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     if not cuda:
         return cfg
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -163,16 +166,26 @@ def run(cfg: Config, out_dir: Path, explicit: Collection[str] = ()) -> float:
     """
     cfg = start_distributed(cfg)
     lead = not dist.is_initialized() or dist.get_rank() == 0
+    resume = resume_path(cfg.train.resume, out_dir)
     with RunFolder(out_dir, cfg.train, lead) as folder:
-        _, model, trainer = setup(cfg, folder, resume_path(cfg.train.resume, out_dir), explicit)
-        with stop_on_signals(trainer):
-            progress = trainer.fit()
-        log.info(
-            "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
-            "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
-            trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
-        )  # fmt: skip
-        folder.summary(progress, trainer.elapsed_minutes(), model, trainer.init_from)
+        _, model, trainer = setup(cfg, folder, resume, explicit)
+        progress = trainer.progress
+        reached = limit_reached(trainer.cfg.train, progress, progress.minutes) if resume else ""
+        if reached:  # nothing to train; its checkpoints, metrics and summary stay as they are
+            log.warning(
+                "%s: this run is finished (%s reached at step %d); nothing was trained or written. To train on, "
+                "run again with a higher %s (it may change on resume); train.resume=none or another "
+                "hydra.run.dir starts afresh", resume, reached, progress.step, reached.split("=")[0],
+            )  # fmt: skip
+        else:
+            with stop_on_signals(trainer):
+                trainer.fit()
+            log.info(
+                "%s: %d steps, epoch %d, %.1f minutes; best validation score %.2f; checkpoint %s",
+                "stopped" if trainer.stop_requested else "done", progress.step, progress.epoch,
+                trainer.elapsed_minutes(), progress.best_score, out_dir / "checkpoints" / "best.pt",
+            )  # fmt: skip
+            folder.summary(progress, trainer.elapsed_minutes(), model, trainer.init_from)
     if dist.is_initialized():
         dist.destroy_process_group()
     return progress.best_score

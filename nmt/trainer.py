@@ -8,9 +8,10 @@ A run can also start from another run's model (`start_from`, train.init_from): i
 with train.init_reset=false its optimizer and schedule; it validates once before the first update
 (step 0), and its checkpoints name the model it started from.
 Under torch.distributed each rank trains on its own share of every update's batches; the loss
-is normalized by the target tokens of the whole update, so N ranks equal one process with
-N-fold accumulation. The trainer writes only through its `RunFolder` (metrics, checkpoints,
-progress bars) and validates with `nmt.validation`.
+is normalized by the target tokens of the whole update, and each batch's dropout masks are drawn
+from a seed of its own (`dropout_seed`), so N ranks equal one process with N-fold accumulation.
+The trainer writes only through its `RunFolder` (metrics, checkpoints, progress bars) and
+validates with `nmt.validation`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from nmt import checkpoint
 from nmt.batching import Batch, epoch_batches, make_batch
-from nmt.config import Config
+from nmt.config import Config, TrainConfig
 from nmt.data import PreparedData
 from nmt.errors import NmtError
 from nmt.loss import sequence_loss
@@ -48,10 +50,34 @@ class Progress:
     batches_done: int = 0  # batches of this epoch's plan already trained on, by all ranks
     minutes: float = 0.0  # training time so far, over all resumes
     best_score: float = -math.inf  # validation BLEU, or minus the loss
+    best_step: int | None = None  # the step of best.pt, and its validation scores (valid_loss, ...)
+    best_validation: dict[str, float] = field(default_factory=dict)
     validations_without_improvement: int = 0
     validated_step: int = -1
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    target_tokens: int = 0  # trained on, by all ranks; over update_seconds, the run's mean speed
+    update_seconds: float = 0.0  # time in updates: validation and checkpoint writes left out
+
+
+def limit_reached(train: TrainConfig, progress: Progress, minutes: float) -> str:
+    """The stopping setting a run at `progress` after `minutes` of training has reached, as
+    `key=value` ("" if none): a run stops there, and one resumed there has nothing left to do."""
+    limits = {
+        "max_epochs": progress.epoch > train.max_epochs,
+        "max_steps": progress.step >= train.max_steps,
+        "max_minutes": minutes >= train.max_minutes,
+        "patience": progress.validations_without_improvement >= train.patience,
+    }
+    reached = (name for name, hit in limits.items() if getattr(train, name) and hit)
+    return next((f"train.{name}={getattr(train, name)}" for name in reached), "")
+
+
+def dropout_seed(seed: int, step: int, position: int) -> int:
+    """The seed of the dropout masks of batch `position` of update `step`, counted over all ranks
+    (rank r holds positions r, r + world, ...): ranks draw different masks, one process accumulating
+    N batches draws what N ranks draw, and a resumed run draws what it would have drawn."""
+    return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0])
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,6 +168,7 @@ class Trainer:
         score = record["valid_bleu"] if self.cfg.train.valid_metric == "bleu" else -record["valid_loss"]
         if score > progress.best_score:
             progress.best_score, progress.validations_without_improvement = score, 0
+            progress.best_step, progress.best_validation = progress.step, record
             self.run.save("best.pt", self._checkpoint(valid=record))
         else:
             progress.validations_without_improvement += 1
@@ -162,6 +189,7 @@ class Trainer:
             dist.all_reduce(tokens)
         nll = torch.zeros((), device=self.device)
         for index, batch in enumerate(batches):
+            torch.manual_seed(dropout_seed(train.seed, self.progress.step, self.rank + index * self.world))
             batch = batch.to(self.device)
             last = index == len(batches) - 1
             # DDP averages gradients over ranks; scaling by world / tokens makes that a sum over the update
@@ -175,12 +203,19 @@ class Trainer:
             nll += out.nll.detach()
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), train.clip_norm or math.inf))
-        if not self.scaler.is_enabled() and not (math.isfinite(grad_norm) and torch.isfinite(nll)):
-            self._skip_nonfinite_update()
-        else:
-            self.progress.nonfinite_in_a_row = 0
+        if self.scaler.is_enabled():  # fp16: the scaler skips a step whose scaled gradients overflowed ...
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            applied = self.scaler.get_scale() >= scale  # ... and then halves its scale
+        else:
+            applied = math.isfinite(grad_norm) and bool(torch.isfinite(nll))
+            if applied:
+                self.optimizer.step()
+        if applied:
+            self.progress.nonfinite_in_a_row = 0
+        else:
+            self._skip_nonfinite_update()
         self.optimizer.zero_grad(set_to_none=True)
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
@@ -198,14 +233,7 @@ class Trainer:
             )
 
     def _finished(self) -> bool:
-        train, progress = self.cfg.train, self.progress
-        return (
-            self.stop_requested
-            or bool(train.max_epochs and progress.epoch > train.max_epochs)
-            or bool(train.max_steps and progress.step >= train.max_steps)
-            or bool(train.max_minutes and self.elapsed_minutes() >= train.max_minutes)
-            or bool(train.patience and progress.validations_without_improvement >= train.patience)
-        )
+        return self.stop_requested or bool(limit_reached(self.cfg.train, self.progress, self.elapsed_minutes()))
 
     def fit(self) -> Progress:
         """Train until a limit, early stopping or a stop request; return the final progress."""
@@ -225,7 +253,10 @@ class Trainer:
                 group = plan[progress.batches_done : progress.batches_done + per_update]
                 mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
                 nll, grad_norm, tokens = self.update(mine)
-                window_seconds += time.monotonic() - update_start
+                seconds = time.monotonic() - update_start
+                window_seconds += seconds
+                progress.update_seconds += seconds
+                progress.target_tokens += tokens * self.world
                 progress.batches_done += per_update
                 progress.step += 1
                 self.run.updated(progress.epoch, nll / max(tokens, 1))

@@ -65,6 +65,23 @@ def test_batch_budget_smaller_than_the_longest_sentence_is_a_config_error():
         Config(data=DataConfig(max_length=100), train=TrainConfig(batch_tokens=80))
 
 
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [
+        (["nmt.evaluate"], "config: checkpoint or checkpoints must be given, one of them (checkpoint=PATH"),
+        (["nmt.train", "data=hub"], "config: data.hub_name must be set for data.corpus=hub (the dataset's name"),
+        (["nmt.prepare", "data=hub"], "config: data.hub_name must be set for data.corpus=hub (the dataset's name"),
+    ],
+)
+def test_an_entry_point_without_a_required_value_names_it_in_one_line(command, named, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", *command, f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {named}")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
 def translate(checkpoint: Path, input_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nmt.translate", "-m", str(checkpoint), "-i", str(input_path)],

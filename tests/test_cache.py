@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -273,6 +274,35 @@ def test_bpe_is_learned_on_a_bounded_seeded_sample(corpus_dir, tmp_path, monkeyp
     assert learned_on == [[" ".join(tokens) for tokens in expected]]
     prepare(files_config(corpus_dir), cache_dir=tmp_path / "cache")
     assert len(learned_on[1]) == 2 * len(pairs)
+
+
+def test_a_streamed_corpus_learns_bpe_on_a_uniform_seeded_sample(tmp_path, monkeypatch):
+    pairs = {"src": [f"s{i}" for i in range(40)], "tgt": [f"t{i}" for i in range(40)]}
+
+    def chunks(size):
+        return ({side: lines[i : i + size] for side, lines in pairs.items()} for i in range(0, 40, size))
+
+    sample = encoding._reservoir(chunks(7), 10, seed=3)
+    assert len(sample["src"]) == 10 and [t.replace("t", "s") for t in sample["tgt"]] == sample["src"]
+    assert sorted(sample["src"], key=lambda word: int(word[1:])) == sample["src"]  # corpus order
+    assert encoding._reservoir(chunks(3), 10, seed=3) == sample != encoding._reservoir(chunks(7), 10, seed=4)
+    assert encoding._reservoir(chunks(7), 0, seed=3) == encoding._reservoir(chunks(7), 50, seed=3) == pairs
+    drawn = Counter(word for seed in range(2000) for word in encoding._reservoir(chunks(5), 10, seed)["src"])
+    assert all(abs(drawn[word] / 2000 - 10 / 40) < 0.05 for word in pairs["src"])  # each pair in 1 sample of 4
+
+    learned_on = []
+    monkeypatch.setattr(
+        encoding, "learn_bpe", lambda lines, *sizes: learned_on.append(list(lines)) or learn_bpe(learned_on[-1], *sizes)
+    )
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    train, val = generate_split("train", 400, 3), generate_split("val", 50, 3)
+    write_hub_folder(tmp_path / "hub", train, val)
+    hub = {"corpus": "hub", "hub_name": str(tmp_path / "hub"), "splits": {"train": "train", "val": "validation"}}
+    prepare(DataConfig(**hub, streaming=True, bpe_sample_size=50, bpe_sample_seed=9, bpe_vocab_size=300))
+    chosen = encoding._reservoir([{"src": train[0], "tgt": train[1]}], 50, seed=9)
+    src, tgt = MosesText("en"), MosesText("de")
+    expected = [" ".join(src.tokenize(line)) for line in chosen["src"]]
+    assert learned_on == [expected + [" ".join(tgt.tokenize(line)) for line in chosen["tgt"]]]
 
 
 def write_hub_folder(folder: Path, train: tuple[list[str], list[str]], val: tuple[list[str], list[str]]) -> None:

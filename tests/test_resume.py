@@ -1,6 +1,7 @@
 """Resuming continues the same run or refuses in one line: weights-only checkpoints, changed settings."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_stopping_reporting_saving_and_placement_may_change(last):
     cfg = tiny_config(
         max_epochs=3, max_steps=80, max_minutes=5.0, patience=4, max_nonfinite=9, log_every=7, progress=False,
         tensorboard=True, save_every=3, keep_last=2, resume="elsewhere/last.pt", threads=1, device="cuda",
+        dist_timeout_minutes=60,
     )  # fmt: skip
     cfg = with_data(cfg, num_proc=2, cache_dir="/elsewhere")
     assert checkpoint.changed_settings(checkpoint.load(last), cfg) == {}
@@ -64,8 +66,19 @@ def test_resuming_from_weights_only_is_refused(trained_checkpoint, last, tmp_pat
         run(tiny_config(resume=str(path)), tmp_path / "run")
     message = str(error.value)
     assert message.startswith(f"{path}: holds weights only") and "\n" not in message
-    assert "resume from the last.pt of that run, or start afresh with train.resume=none" in message
+    assert f"or start a new run from these weights with train.init_from={path} (fine-tuning" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_left_as_it_is_and_says_how_to_train_on(trained_checkpoint, tmp_path, caplog):
+    folder = tmp_path / "run"
+    shutil.copytree(trained_checkpoint.parent.parent, folder)
+    files = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    best = run(tiny_config(), folder)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == files
+    assert best == torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["progress"]["best_score"]
+    message = f"{folder / 'checkpoints' / 'last.pt'}: this run is finished (train.max_steps=40 reached at step 40)"
+    assert message in caplog.text and "run again with a higher train.max_steps" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """Training that never loses work: exact resume, signals, atomic saves, stopping, accumulation, DDP."""
 
+import datetime
+import json
 import math
 import shutil
 import signal
@@ -15,13 +17,14 @@ from conftest import collate, tiny_config
 
 from nmt import checkpoint
 from nmt.average import average
-from nmt.batching import epoch_batches
+from nmt.batching import epoch_batches, make_batch
 from nmt.cache import prepare
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
 from nmt.schedule import exponential, inverse_sqrt
-from nmt.trainer import Trainer
+from nmt.train import start_distributed
+from nmt.trainer import Trainer, dropout_seed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -118,6 +121,10 @@ def saved_step(tmp_path, name):
     return torch.load(tmp_path / "checkpoints" / name, weights_only=True)["step"]
 
 
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def validation_losses(trainer, losses):
     remaining = iter(losses)
     trainer.validate = lambda: {"valid_loss": next(remaining), "valid_ppl": 1.0}
@@ -127,9 +134,31 @@ def test_early_stopping_after_patience_validations_without_improvement(tmp_path)
     trainer = tiny_trainer(tmp_path, max_steps=1000, valid_every=2, patience=2)
     validation_losses(trainer, [3.0, 2.0, 2.5, 2.0, 1.0])
     progress = trainer.fit()
-    assert [r["valid_loss"] for r in trainer.run.records if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
+    assert [r["valid_loss"] for r in records(tmp_path) if "valid_loss" in r] == [3.0, 2.0, 2.5, 2.0]
     assert progress.step == 8 and progress.best_score == -2.0
     assert saved_step(tmp_path, "best.pt") == 4 and saved_step(tmp_path, "last.pt") == 8
+
+
+def test_the_summary_after_a_resume_covers_the_whole_run(tmp_path):
+    first = tiny_trainer(tmp_path, max_steps=4, valid_every=2)
+    validation_losses(first, [3.0, 2.0])
+    first.fit()
+    resumed = tiny_trainer(tmp_path, max_steps=8, valid_every=2)
+    resumed.load_state_dict(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True))
+    validation_losses(resumed, [2.5, 2.2])
+    progress = resumed.fit()
+    summary = resumed.run.summary(progress, resumed.elapsed_minutes(), resumed.module)
+    assert summary["best_step"] == 4 and summary["best_validation"] == {"valid_loss": 2.0, "valid_ppl": 1.0}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    corpus = first.data.train
+    plan = epoch_batches(corpus, 1500, seed=1, epoch=1)[:8]  # the 8 updates of both processes
+    assert progress.target_tokens == sum(make_batch(corpus, indices).target_tokens for indices in plan)
+    assert summary["tgt_tokens_per_s"] == progress.target_tokens / progress.update_seconds
+
+
+def test_every_batch_of_a_run_has_its_own_dropout_seed():
+    seeds = {dropout_seed(seed, step, position) for seed in (1, 2) for step in range(200) for position in range(8)}
+    assert len(seeds) == 2 * 200 * 8
 
 
 def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
@@ -152,10 +181,14 @@ def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
         torch.testing.assert_close(accumulated[name], tensor, atol=1e-5, rtol=1e-4)
 
 
-def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "fp16-grad-scaler"])
+def test_nonfinite_updates_are_skipped_counted_then_abort(tmp_path, scaled):
     trainer = tiny_trainer(tmp_path, max_nonfinite=3)
+    if scaled:  # fp16's path (its autocast needs CUDA): the scaler finds the overflow and skips the step itself
+        trainer.scaler = torch.amp.GradScaler("cpu")
     corpus = trainer.data.train
     batch = collate([corpus.src_ids[0]], [corpus.tgt_ids[0]])
+    trainer.update([batch])
     before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     with torch.no_grad():
         trainer.module.output.bias.fill_(math.nan)
@@ -164,7 +197,8 @@ def test_nonfinite_updates_are_skipped_then_abort(tmp_path, monkeypatch):
         trainer.update([batch])
     after = trainer.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k != "output.bias")
-    assert trainer.progress.nonfinite_total == 2
+    assert (trainer.progress.nonfinite_total, trainer.progress.nonfinite_in_a_row) == (2, 2)
+    assert trainer.scaler.get_scale() == (2.0**16 / 4 if scaled else 1.0)
     with pytest.raises(NmtError, match="3 updates in a row"):
         trainer.update([batch])
 
@@ -175,13 +209,17 @@ def test_schedules():
     assert exponential(30, 10, 0.5, 10) == 0.25 and exponential(5, 10, 0.5, 10) == 0.5
 
 
-def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_patience_and_plateau_patience_both_act_at_the_nth_validation_without_improvement(tmp_path, n):
     trainer = tiny_trainer(
-        tmp_path, lr=0.01, max_steps=6, valid_every=2, schedule="plateau", plateau_patience=0, plateau_factor=0.5
+        tmp_path, lr=0.01, max_steps=20, valid_every=1, patience=n, schedule="plateau", plateau_patience=n
     )
-    validation_losses(trainer, [2.0, 1.0, 1.5])
-    trainer.fit()
-    assert trainer.optimizer.param_groups[0]["lr"] == 0.005
+    validation_losses(trainer, [3.0, 2.0, *[2.5] * n, 1.0])  # the best at validation 2, then n worse
+    rates = []  # the learning rate each validation found
+    validate = trainer.validate
+    trainer.validate = lambda: rates.append(trainer.optimizer.param_groups[0]["lr"]) or validate()
+    assert trainer.fit().step == 2 + n  # stopped by validation 2 + n ...
+    assert rates == [0.01] * (2 + n) and trainer.optimizer.param_groups[0]["lr"] == 0.005  # ... which halved the rate
 
 
 def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
@@ -191,9 +229,17 @@ def test_average_of_identical_checkpoints_is_the_checkpoint(trained_checkpoint):
     checkpoint.restore(averaged, trained_checkpoint)
 
 
+def test_the_process_group_waits_train_dist_timeout_minutes(monkeypatch):
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **options: joined.append(options))
+    start_distributed(tiny_config(dist_timeout_minutes=7.5))
+    assert joined == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=7.5)}]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_two_gloo_ranks_equal_one_process_accumulating_two(tmp_path):
-    common = ["train.max_steps=3", "model.dropout=0", "train.seed=3"]
+def test_two_gloo_ranks_equal_one_process_accumulating_two_dropout_included(tmp_path):
+    common = ["train.max_steps=3", "model.dropout=0.3", "train.seed=3"]
     ddp = train_cli(tmp_path / "ddp", *common, launcher=("torchrun", "--nproc_per_node=2", "--master_port=29533", "-m"))
     finish(ddp)
     finish(train_cli(tmp_path / "single", *common, "train.accumulate=2"))

@@ -66,9 +66,9 @@ def test_translations_do_not_depend_on_batching_or_order(
     assert all(len(hyps) == nbest for hyps in reference)
 
 
-@pytest.mark.parametrize("beam_size", [1, 4])
+@pytest.mark.parametrize(("beam_size", "sampling"), [(1, False), (4, False), (4, True)])
 def test_a_batch_holds_batch_tokens_of_search_rows_whatever_the_beam(
-    restored: tuple, test_lines: list[str], beam_size: int, monkeypatch: pytest.MonkeyPatch
+    restored: tuple, test_lines: list[str], beam_size: int, sampling: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shapes: list[torch.Size] = []
     search = translator_module.search
@@ -78,9 +78,10 @@ def test_a_batch_holds_batch_tokens_of_search_rows_whatever_the_beam(
         return search(model, src, *rest)
 
     monkeypatch.setattr(translator_module, "search", recording_search)
-    translator(restored, beam_size=beam_size, nbest=1, batch_tokens=200).translate(test_lines)
+    translator(restored, beam_size=beam_size, nbest=1, batch_tokens=200, sampling=sampling).translate(test_lines)
 
-    row_tokens = [rows * beam_size * length for rows, length in shapes]
+    search_rows = 1 if sampling else beam_size  # a sampled sentence is one row, whatever beam_size says
+    row_tokens = [sentences * search_rows * longest for sentences, longest in shapes]  # src: (sentences, longest)
     assert 100 < max(row_tokens) <= 200
 
 
