@@ -103,6 +103,15 @@ def test_experiment_multi30k_ende_selects_data_model_and_train():
     assert (cfg.train.precision, cfg.train.schedule, cfg.train.max_minutes) == ("bf16", "plateau", 88)
 
 
+@pytest.mark.parametrize(("alias", "langs"), [("multi30k_ende", ("en", "de")), ("multi30k_deen", ("de", "en"))])
+def test_the_pair_recipes_are_the_one_multi30k_recipe_with_their_languages(alias, langs):
+    """One recipe for every pair: an alias adds its languages and nothing else."""
+    languages = [f"data.src_lang={langs[0]}", f"data.tgt_lang={langs[1]}"]
+    assert compose(overrides=[f"experiment={alias}"]) == compose(overrides=["experiment=multi30k", *languages])
+    other_pair = OmegaConf.to_object(compose(overrides=["experiment=multi30k", "data.src_lang=fr", "data.tgt_lang=cs"]))
+    assert (other_pair.data.src_lang, other_pair.data.tgt_lang) == ("fr", "cs")
+
+
 def test_evaluate_config_composes_with_a_checkpoint():
     cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=runs/x/checkpoints/best.pt", "decode.beam_size=3"]))
     assert isinstance(cfg, EvaluateConfig)
