@@ -209,8 +209,20 @@ class DecodeConfig:
     )
     sampling_topk: int = option(0, "with sampling: draw among the K most likely tokens; 0 = all")
     sampling_topp: float = option(1.0, "with sampling: draw among the fewest tokens reaching probability P; 1 = all")
+    sampling_epsilon: float = option(
+        0.0, "with sampling: draw among the tokens of probability >= E (the most likely always stays); 0 = all"
+    )
     temperature: float = option(1.0, "with sampling: divides the log-probabilities; > 1 flattens, < 1 sharpens")
     seed: int = option(0, "with sampling: seed of the random generator")
+    mbr_utility: str = option(
+        "none",
+        "chrf or bleu: minimum Bayes risk, the candidate of highest mean sentence-level score (sacrebleu) "
+        "against the other candidates; nbest lists distinct ones by that mean, their score; none = off",
+    )
+    mbr_candidates: int = option(
+        16, "with mbr_utility: N candidates per sentence: the best N - mbr_samples of a beam search that wide, ..."
+    )
+    mbr_samples: int = option(0, "with mbr_utility: ... and mbr_samples draws, shaped by sampling_* and temperature")
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
@@ -218,7 +230,10 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
-        _require(1 <= self.nbest <= self.beam_size, "decode.nbest", "in [1, decode.beam_size]")
+        if self.mbr_utility == "none":
+            _require(1 <= self.nbest <= self.beam_size, "decode.nbest", "in [1, decode.beam_size]")
+        else:  # nbest lists candidates
+            _require(1 <= self.nbest <= self.mbr_candidates, "decode.nbest", "in [1, decode.mbr_candidates] with MBR")
         _require(self.batch_tokens >= 1, "decode.batch_tokens", ">= 1")
         _require(self.max_length_ratio > 0, "decode.max_length_ratio", "> 0")
         _require(self.max_length_offset >= 0, "decode.max_length_offset", ">= 0")
@@ -231,12 +246,14 @@ class DecodeConfig:
         _require(self.sampling_topk >= 0, "decode.sampling_topk", ">= 0")
         _require(0 < self.sampling_topp <= 1, "decode.sampling_topp", "in (0, 1]")
         _require(self.temperature > 0, "decode.temperature", "> 0")
+        _require(0 <= self.sampling_epsilon < 1, "decode.sampling_epsilon", "in [0, 1)")
         for key in SAMPLING_KEYS:
             _require(
-                self.sampling or getattr(self, key) == DECODE_DEFAULTS[key],
+                self.sampling or self.mbr_samples > 0 or getattr(self, key) == DECODE_DEFAULTS[key],
                 f"decode.{key}",
-                "left at its default without decode.sampling (it only shapes sampling)",
+                "left at its default without decode.sampling or decode.mbr_samples (it only shapes sampling)",
             )
+        self._check_mbr()
         _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
         _require(
             self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
@@ -245,8 +262,33 @@ class DecodeConfig:
         _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
         _require(self.threads >= 0, "decode.threads", ">= 0")
 
+    def _check_mbr(self) -> None:
+        _require(self.mbr_utility in MBR_UTILITIES, "decode.mbr_utility", f"one of {MBR_UTILITIES}")
+        if self.mbr_utility == "none":
+            for key in MBR_KEYS:
+                _require(
+                    getattr(self, key) == DECODE_DEFAULTS[key],
+                    f"decode.{key}",
+                    "left at its default without decode.mbr_utility (it only shapes MBR's candidates)",
+                )
+            return
+        _require(self.mbr_candidates >= 2, "decode.mbr_candidates", ">= 2 (MBR compares candidates)")
+        _require(0 <= self.mbr_samples <= self.mbr_candidates, "decode.mbr_samples", "in [0, decode.mbr_candidates]")
+        _require(
+            not self.sampling,
+            "decode.sampling",
+            "false with decode.mbr_utility (MBR draws its candidates with decode.mbr_samples)",
+        )
+        _require(
+            self.beam_size == DECODE_DEFAULTS["beam_size"],
+            "decode.beam_size",
+            "left at its default with decode.mbr_utility (the candidates' beam is mbr_candidates - mbr_samples wide)",
+        )
 
-SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "temperature", "seed")
+
+MBR_UTILITIES = ("none", "chrf", "bleu")
+SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "sampling_epsilon", "temperature", "seed")
+MBR_KEYS = ("mbr_candidates", "mbr_samples")  # they need decode.mbr_utility
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 
@@ -276,6 +318,7 @@ VALIDATION_OVERRIDES = {
     "device": "train.device",
     "quantize": "the training weights (no quantization)",
     "threads": "train.threads",
+    "mbr_utility": "search (MBR would search and compare mbr_candidates translations a sentence)",
 }
 
 

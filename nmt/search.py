@@ -98,8 +98,9 @@ def _constrain(
 
 def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row of log_probs (R, V), drawn from the distribution at `cfg.temperature`, cut
-    to the `sampling_topk` most likely tokens (0 = all) or to the fewest whose probability reaches
-    `sampling_topp` (1 = all)."""
+    to the `sampling_topk` most likely tokens (0 = all), to the fewest whose probability reaches
+    `sampling_topp` (1 = all) and to those of probability at least `sampling_epsilon` (0 = all;
+    epsilon sampling, Hewitt et al., 2022)."""
     logits = log_probs / cfg.temperature
     if 0 < cfg.sampling_topk < logits.size(1):
         kth = logits.topk(cfg.sampling_topk, dim=1).values[:, -1:]
@@ -110,6 +111,10 @@ def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generato
         # drop a token when the more likely ones before it already reach top_p; the first always stays
         drop = (cumulative - sorted_logits.softmax(dim=1)) >= cfg.sampling_topp
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    if cfg.sampling_epsilon > 0:
+        drop = logits.softmax(dim=1) < cfg.sampling_epsilon
+        drop.scatter_(1, logits.argmax(dim=1, keepdim=True), False)  # the most likely token always stays
+        logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
 
 

@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from nmt.config import (
+    MBR_KEYS,
     SAMPLING_KEYS,
     VALIDATION_OVERRIDES,
     Config,
@@ -149,11 +150,20 @@ def test_evaluate_config_takes_an_ensemble_and_every_decode_key():
 
 def non_default_value(name: str) -> object:
     """A valid value other than DecodeConfig's default for each of its keys."""
-    special = {"nbest": 2, "precision": "bf16", "quantize": "int8", "device": "cuda", "sampling_topp": 0.5}
+    special = {
+        "nbest": 2, "precision": "bf16", "quantize": "int8", "device": "cuda", "sampling_topp": 0.5,
+        "sampling_epsilon": 0.02, "mbr_utility": "chrf",
+    }  # fmt: skip
     if name in special:
         return special[name]
     default = getattr(DecodeConfig(), name)
     return not default if isinstance(default, bool) else default + 1
+
+
+def enabling(name: str) -> dict[str, object]:
+    """The setting a decode key needs to take another value than its default: the sampling keys
+    shape sampling, the MBR keys MBR."""
+    return {"sampling": True} if name in SAMPLING_KEYS else {"mbr_utility": "chrf"} if name in MBR_KEYS else {}
 
 
 def test_every_decode_key_is_a_translate_flag_with_its_help():
@@ -171,8 +181,8 @@ def test_every_decode_key_is_a_translate_flag_with_its_help():
             argv = [f"--{item.name.replace('_', '-')}" if value else f"--no-{item.name.replace('_', '-')}"]
         else:
             argv = [f"--{item.name.replace('_', '-')}", str(value)]
-        if item.name in SAMPLING_KEYS:
-            argv.append("--sampling")  # they only shape sampling, and are refused without it
+        for key, needed in enabling(item.name).items():  # refused without it
+            argv += [f"--{key.replace('_', '-')}"] if needed is True else [f"--{key.replace('_', '-')}", str(needed)]
         parsed = from_flags(parser.parse_args(argv), DecodeConfig)
         assert getattr(parsed, item.name) == value
 
@@ -195,7 +205,7 @@ def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
     try:
         cfg = OmegaConf.to_object(compose(overrides=[f"decode.{key}={value}"]))
     except NmtError as error:
-        assert key in VALIDATION_OVERRIDES or key in SAMPLING_KEYS  # sampling keys need decode.sampling
+        assert key in VALIDATION_OVERRIDES or enabling(key)  # sampling and MBR keys need what enables them
         assert f"decode.{key}" in str(error)
         return
     assert key not in VALIDATION_OVERRIDES
@@ -293,7 +303,7 @@ def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
 
     monkeypatch.setattr(evaluate.Translator, "from_checkpoints", capture)
     value = non_default_value(key)
-    overrides = [f"decode.{key}={value}", *(["decode.sampling=true"] if key in SAMPLING_KEYS else [])]
+    overrides = [f"decode.{key}={value}", *(f"decode.{name}={needed}" for name, needed in enabling(key).items())]
     cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=a.pt", *overrides]))
     with pytest.raises(Built) as built:
         evaluate.run(cfg, Path("unused"))

@@ -345,6 +345,8 @@ def test_sampling_draws_within_top_k_and_top_p_and_repeats_with_a_seed() -> None
     assert set(draws(sampling_topp=0.7).tolist()) == {3, 4}  # 0.4 + 0.3 reaches 0.7
     assert set(draws(sampling_topp=0.75).tolist()) == {2, 3, 4}
     assert set(draws(sampling_topk=1, temperature=5.0).tolist()) == {4}
+    assert set(draws(sampling_epsilon=0.12).tolist()) == {2, 3, 4}  # 0.1 and 0.05 are below epsilon
+    assert set(draws(sampling_epsilon=0.5).tolist()) == {4}  # none reaches it: the most likely stays
     assert len(set(draws().tolist())) == 5
     assert torch.equal(draws(3, sampling_topp=0.9), draws(3, sampling_topp=0.9))
     assert not torch.equal(draws(3, sampling_topp=0.9), draws(4, sampling_topp=0.9))
