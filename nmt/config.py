@@ -24,6 +24,7 @@ CORPUS_KINDS = ("synthetic", "files", "hub")
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "int8")
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 VALID_METRICS = ("bleu", "loss")
 
 
@@ -113,6 +114,9 @@ class TrainConfig:
     batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
     accumulate: int = 1  # batches per update (gradient accumulation)
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw (weight decay decoupled from the gradient) | sgd (with momentum)
+    weight_decay: float = 0.0  # adam, sgd: an L2 term added to the gradient; adamw: decay of the weights per step
+    momentum: float = 0.0  # sgd: heavy-ball momentum (0 = plain SGD)
     schedule: str = "constant"  # constant | plateau | inverse_sqrt | exponential
     warmup_steps: int = 0  # linear warm-up (inverse_sqrt, exponential)
     decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
@@ -145,6 +149,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
         _require(self.accumulate >= 1, "train.accumulate", ">= 1")
+        _require(self.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}")
+        _require(self.weight_decay >= 0, "train.weight_decay", ">= 0")
+        _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)")
+        _require(self.optimizer == "sgd" or self.momentum == 0, "train.momentum", "0 unless train.optimizer=sgd")
         _require(self.schedule in SCHEDULES, "train.schedule", f"one of {SCHEDULES}")
         _require(self.warmup_steps >= 0, "train.warmup_steps", ">= 0")
         _require(0 < self.decay_rate <= 1, "train.decay_rate", "in (0, 1]")

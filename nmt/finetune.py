@@ -38,8 +38,11 @@ SUBWORDS = tuple(
 # what the optimizer and schedule state stand for (fixed only with train.init_reset=false, which keeps it)
 OPTIMIZER = tuple(
     f"train.{name}"
-    for name in ("lr", "schedule", "warmup_steps", "decay_rate", "decay_every", "plateau_factor", "plateau_patience")
-)
+    for name in (
+        "lr", "optimizer", "weight_decay", "momentum",
+        "schedule", "warmup_steps", "decay_rate", "decay_every", "plateau_factor", "plateau_patience",
+    )
+)  # fmt: skip
 # taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
 ADJUSTABLE = ("model.dropout",)
 KEPT_STATE = ("optimizer", "scheduler")  # what train.init_reset=false takes from the checkpoint

@@ -1,4 +1,5 @@
-"""The training loop: Adam on label-smoothed cross-entropy, validation, checkpoints, resume.
+"""The training loop: train.optimizer (Adam, AdamW or SGD) on label-smoothed cross-entropy, validation,
+checkpoints, resume.
 
 Everything a resumed run needs to continue as if never stopped is in `Trainer.state_dict()`:
 weights, optimizer, schedule, grad scaler, RNG states and `Progress` (step, epoch, position in
@@ -36,7 +37,7 @@ from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.precision import autocast, grad_scaler
 from nmt.run_folder import RunFolder
-from nmt.schedule import make_scheduler
+from nmt.schedule import make_optimizer, make_scheduler
 from nmt.validation import validate
 from nmt.vocab import PAD
 
@@ -83,7 +84,7 @@ class Trainer:
         model.to(self.device)
         self.model = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
         fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=fused)
+        self.optimizer = make_optimizer(model.parameters(), cfg.train, fused)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.scaler = grad_scaler(cfg.train.precision, self.device)
         self.progress = Progress()

@@ -20,7 +20,7 @@ from nmt.cache import prepare
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
-from nmt.schedule import exponential, inverse_sqrt
+from nmt.schedule import exponential, inverse_sqrt, make_optimizer
 from nmt.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +173,27 @@ def test_schedules():
     assert [inverse_sqrt(s, 4) for s in (1, 2, 4, 16)] == [0.25, 0.5, 1.0, 0.5]
     assert exponential(1, 0, 0.5, 10) == 0.5**0.1
     assert exponential(30, 10, 0.5, 10) == 0.25 and exponential(5, 10, 0.5, 10) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "extra", "expected"),
+    [
+        # Adam's first step moves each weight by lr against the sign of its gradient (+ the L2 term)
+        ("adam", {}, lambda w, g: w - 0.1 * torch.sign(g + 0.5 * w)),
+        # AdamW decays the weight itself, apart from the gradient
+        ("adamw", {}, lambda w, g: w * (1 - 0.1 * 0.5) - 0.1 * torch.sign(g)),
+        # SGD (its momentum buffer starts as the first gradient)
+        ("sgd", {"momentum": 0.9}, lambda w, g: w - 0.1 * (g + 0.5 * w)),
+    ],
+)
+def test_the_optimizer_of_train_optimizer_takes_its_first_step_by_its_formula(optimizer, extra, expected):
+    cfg = tiny_config(optimizer=optimizer, lr=0.1, weight_decay=0.5, **extra).train
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    start, gradient = weight.detach().clone(), torch.tensor([0.3, 0.2, -4.0])
+    update = make_optimizer([weight], cfg, fused=True)
+    weight.grad = gradient.clone()
+    update.step()
+    assert torch.allclose(weight.detach(), expected(start, gradient), atol=1e-6)
 
 
 def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
