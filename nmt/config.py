@@ -56,7 +56,8 @@ class DataConfig:
     max_length_ratio: float = 3.0  # ... and pairs whose subword length ratio exceeds this
     bpe_vocab_size: int = 8000
     bpe_min_frequency: int = 2
-    joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary)
+    joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary ...)
+    joint_vocab: bool = False  # ... unless this: one vocabulary of both sides' pieces (model.share_embeddings)
     on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
     bpe_sample_size: int = 1_000_000  # BPE is learned on at most this many training pairs (a seeded sample); 0 = all
     bpe_sample_seed: int = 1
@@ -74,6 +75,7 @@ class DataConfig:
         _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
         _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
         _require(self.on_bad_line in ("error", "skip"), "data.on_bad_line", "error or skip")
+        _require(not self.joint_vocab or self.joint_bpe, "data.joint_vocab", "false unless data.joint_bpe=true")
         _require(self.bpe_sample_size >= 0, "data.bpe_sample_size", ">= 0")
         _require(not self.streaming or self.corpus == "hub", "data.streaming", "false unless data.corpus=hub")
         _require(self.num_proc >= 0, "data.num_proc", ">= 0")
@@ -92,6 +94,7 @@ class ModelConfig:
     attention: str = "general"  # dot | general (Luong) | additive (Bahdanau)
     dropout: float = 0.3
     tie_embeddings: bool = False  # decoder output layer shares the target embedding matrix
+    share_embeddings: bool = False  # source and target embeddings are one matrix (needs data.joint_vocab=true)
 
     def __post_init__(self) -> None:
         _require(self.embed_size >= 1, "model.embed_size", ">= 1")
@@ -340,6 +343,11 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def __post_init__(self) -> None:
+        _require(
+            not self.model.share_embeddings or self.data.joint_vocab,
+            "model.share_embeddings",
+            "false unless data.joint_vocab=true (one vocabulary for both sides)",
+        )
         _require(
             self.train.batch_tokens > self.data.max_length,
             "train.batch_tokens",

@@ -33,7 +33,14 @@ ARCHITECTURE = tuple(f"model.{item.name}" for item in dataclasses.fields(ModelCo
 # how the BPE models were learned: the run uses the checkpoint's models, so it records their settings
 SUBWORDS = tuple(
     f"data.{name}"
-    for name in ("bpe_vocab_size", "bpe_min_frequency", "joint_bpe", "bpe_sample_size", "bpe_sample_seed")
+    for name in (
+        "bpe_vocab_size",
+        "bpe_min_frequency",
+        "joint_bpe",
+        "joint_vocab",
+        "bpe_sample_size",
+        "bpe_sample_seed",
+    )
 )
 # what the optimizer and schedule state stand for (fixed only with train.init_reset=false, which keeps it)
 OPTIMIZER = tuple(

@@ -48,6 +48,10 @@ class Seq2Seq(nn.Module):
             nn.init.uniform_(parameter, -0.1, 0.1)
         if cfg.tie_embeddings:
             self.output.weight = self.decoder.embed.weight
+        if cfg.share_embeddings:  # with tie_embeddings: three-way tying (Press & Wolf, 2017)
+            if src_vocab_size != tgt_vocab_size:
+                raise ValueError("shared embeddings need one vocabulary for both sides")
+            self.encoder.embed.weight = self.decoder.embed.weight
         with torch.no_grad():
             self.encoder.embed.weight[PAD].zero_()
             self.decoder.embed.weight[PAD].zero_()

@@ -270,6 +270,8 @@ def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
         (["data.corpus=bogus"], "data.corpus"),
         (["data.tgt_lang=src"], "data.tgt_lang"),
         (["data.bpe_vocab_size=4"], "data.bpe_vocab_size"),
+        (["data.joint_bpe=false", "data.joint_vocab=true"], "data.joint_vocab"),
+        (["model.share_embeddings=true"], "model.share_embeddings"),
         (["~data.splits.val"], "data.splits.val"),
     ],
 )

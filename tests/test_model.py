@@ -83,6 +83,19 @@ def test_tied_output_layer_is_the_decoder_embedding(embed_size: int, projection:
     assert "decoder.embed.weight" in names
 
 
+def test_three_way_tying_makes_one_matrix_of_both_embeddings_and_the_output_layer() -> None:
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed_size=12, hidden_size=16, tie_embeddings=True, share_embeddings=True), 23, 23)
+    assert model.encoder.embed.weight is model.decoder.embed.weight is model.output.weight
+    two_way = Seq2Seq(ModelConfig(embed_size=12, hidden_size=16, tie_embeddings=True), 23, 23)
+    assert sum(p.numel() for p in two_way.parameters()) - sum(p.numel() for p in model.parameters()) == 23 * 12
+    model(*source_batch([[4, 5, 6]]), target_input([[7, 8]])).sum().backward()
+    # the gradient of the one matrix holds the source rows' and the target rows' share
+    assert model.encoder.embed.weight.grad[[4, 5, 6, 7, 8]].abs().sum(dim=1).gt(0).all()
+    with pytest.raises(ValueError, match="one vocabulary for both sides"):
+        Seq2Seq(ModelConfig(share_embeddings=True), SRC_VOCAB, TGT_VOCAB)
+
+
 def test_untied_output_layer_has_its_own_weight() -> None:
     model = make_model(tie_embeddings=False)
     assert model.output.weight is not model.decoder.embed.weight
