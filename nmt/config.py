@@ -93,6 +93,7 @@ class ModelConfig:
     decoder_layers: int = 1
     attention: str = "general"  # dot | general (Luong) | additive (Bahdanau)
     dropout: float = 0.3
+    word_dropout: float = 0.0  # training: each source and target input subword becomes <unk> with this probability
     tie_embeddings: bool = False  # decoder output layer shares the target embedding matrix
     share_embeddings: bool = False  # source and target embeddings are one matrix (needs data.joint_vocab=true)
 
@@ -107,6 +108,7 @@ class ModelConfig:
         _require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1")
         _require(self.attention in ATTENTION_TYPES, "model.attention", f"one of {ATTENTION_TYPES}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)")
+        _require(0.0 <= self.word_dropout < 1.0, "model.word_dropout", "in [0, 1)")
 
 
 @dataclass

@@ -28,8 +28,12 @@ from nmt.data import EncodedCorpus
 from nmt.errors import NmtError
 from nmt.vocab import UNK
 
-# the network's shape, which the weights have: every model key but dropout
-ARCHITECTURE = tuple(f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if item.name != "dropout")
+# taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
+ADJUSTABLE = ("model.dropout", "model.word_dropout")
+# the network's shape, which the weights have: every model key but the dropouts
+ARCHITECTURE = tuple(
+    f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if f"model.{item.name}" not in ADJUSTABLE
+)
 # how the BPE models were learned: the run uses the checkpoint's models, so it records their settings
 SUBWORDS = tuple(
     f"data.{name}"
@@ -50,8 +54,6 @@ OPTIMIZER = tuple(
         "schedule", "warmup_steps", "decay_rate", "decay_every", "plateau_factor", "plateau_patience",
     )
 )  # fmt: skip
-# taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
-ADJUSTABLE = ("model.dropout",)
 KEPT_STATE = ("optimizer", "scheduler")  # what train.init_reset=false takes from the checkpoint
 SCHEMAS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 

@@ -258,6 +258,7 @@ def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
         (["model.hidden_size=255"], "model.hidden_size"),
         (["model.attention=cosine"], "model.attention"),
         (["model.dropout=1.0"], "model.dropout"),
+        (["model.word_dropout=-0.1"], "model.word_dropout"),
         (["decode.beam_size=0"], "decode.beam_size"),
         (["decode.beam_size=4", "decode.nbest=5"], "decode.nbest"),
         (["train.lr=-1"], "train.lr"),
