@@ -56,6 +56,7 @@ class DataConfig:
     max_length_ratio: float = 3.0  # ... and pairs whose subword length ratio exceeds this
     bpe_vocab_size: int = 8000
     bpe_min_frequency: int = 2
+    bpe_dropout: float = 0.0  # training batches: a subword splits into the two pieces BPE merged with this probability
     joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary ...)
     joint_vocab: bool = False  # ... unless this: one vocabulary of both sides' pieces (model.share_embeddings)
     on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
@@ -73,6 +74,7 @@ class DataConfig:
         _require(self.max_length >= 1, "data.max_length", ">= 1")
         _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
         _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
+        _require(0.0 <= self.bpe_dropout < 1.0, "data.bpe_dropout", "in [0, 1)")
         _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
         _require(self.on_bad_line in ("error", "skip"), "data.on_bad_line", "error or skip")
         _require(not self.joint_vocab or self.joint_bpe, "data.joint_vocab", "false unless data.joint_bpe=true")

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from nmt import checkpoint
 from nmt.batching import Batch, epoch_batches, make_batch
+from nmt.bpe_dropout import BpeDropout
 from nmt.config import Config
 from nmt.data import PreparedData
 from nmt.errors import NmtError
@@ -87,6 +88,8 @@ class Trainer:
         self.optimizer = make_optimizer(model.parameters(), cfg.train, fused)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.scaler = grad_scaler(cfg.train.precision, self.device)
+        p = cfg.data.bpe_dropout
+        self.bpe_dropout = BpeDropout(data.src_pipeline, data.tgt_pipeline, p) if p else None
         self.progress = Progress()
         self.init_from: dict[str, Any] | None = None  # {"path", "step"} of the checkpoint this run started from
         self.stop_requested = False  # set from a signal handler: save and return after this update
@@ -224,7 +227,9 @@ class Trainer:
             while progress.batches_done < usable and not self._finished():
                 update_start = time.monotonic()
                 group = plan[progress.batches_done : progress.batches_done + per_update]
-                mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
+                mine = [
+                    make_batch(self.data.train, indices, self.bpe_dropout) for indices in group[self.rank :: self.world]
+                ]
                 nll, grad_norm, tokens = self.update(mine)
                 window_seconds += time.monotonic() - update_start
                 progress.batches_done += per_update

@@ -272,6 +272,7 @@ def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
         (["data.tgt_lang=src"], "data.tgt_lang"),
         (["data.bpe_vocab_size=4"], "data.bpe_vocab_size"),
         (["data.joint_bpe=false", "data.joint_vocab=true"], "data.joint_vocab"),
+        (["data.bpe_dropout=1.0"], "data.bpe_dropout"),
         (["model.share_embeddings=true"], "model.share_embeddings"),
         (["~data.splits.val"], "data.splits.val"),
     ],

@@ -63,7 +63,8 @@ def wait_for_step(path: Path, minimum: int, process: subprocess.Popen) -> int:
 
 
 def test_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
-    steps = ["train.max_steps=24", "train.save_every=2"]
+    # with every source of training randomness: dropout, word dropout, BPE-dropout
+    steps = ["train.max_steps=24", "train.save_every=2", "model.word_dropout=0.1", "data.bpe_dropout=0.1"]
     finish(train_cli(tmp_path / "straight", *steps))
     interrupted = train_cli(tmp_path / "resumed", *steps)
     killed_at = wait_for_step(tmp_path / "resumed" / "checkpoints" / "last.pt", 8, interrupted)
