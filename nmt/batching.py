@@ -20,6 +20,7 @@ from nmt.errors import NmtError
 from nmt.vocab import BOS, EOS, PAD
 
 if TYPE_CHECKING:  # nmt.data brings pyarrow, which translation does not need
+    from nmt.bpe_dropout import BpeDropout
     from nmt.data import EncodedCorpus
 
 
@@ -106,19 +107,21 @@ def epoch_batches(corpus: EncodedCorpus, batch_tokens: int, seed: int, epoch: in
     return plan_batches(src_len, tgt_len, batch_tokens, np.random.default_rng([seed, epoch]))
 
 
-def make_batch(corpus: EncodedCorpus, indices: np.ndarray) -> Batch:
-    """The padded batch of examples `indices`, gathered from the table with numpy."""
+def make_batch(corpus: EncodedCorpus, indices: np.ndarray, bpe_dropout: BpeDropout | None = None) -> Batch:
+    """The padded batch of examples `indices`, gathered from the table with numpy; `bpe_dropout`
+    splits its subwords (training)."""
     indices = np.asarray(indices, dtype=np.int64)
     rows = corpus.rows[indices]
     src_len, tgt_len = corpus.src_len[indices].astype(np.int64), corpus.tgt_len[indices].astype(np.int64)
     src = np.full((len(rows), src_len.max(initial=0)), PAD, dtype=np.int64)
     corpus.src.fill(src, rows, first=0)
-    tgt_in = np.full((len(rows), tgt_len.max(initial=0) + 1), PAD, dtype=np.int64)
-    corpus.tgt.fill(tgt_in, rows, first=1)
-    tgt_in[:, 0] = BOS
-    tgt_out = np.full_like(tgt_in, PAD)
-    tgt_out[:, :-1] = tgt_in[:, 1:]
-    tgt_out[np.arange(len(rows)), tgt_len] = EOS
+    tgt = np.full((len(rows), tgt_len.max(initial=0)), PAD, dtype=np.int64)
+    corpus.tgt.fill(tgt, rows, first=0)
     # pages read from a memory-mapped table would otherwise add up to the whole corpus over an epoch
     corpus.release()
+    if bpe_dropout is not None:
+        src, src_len, tgt, tgt_len = bpe_dropout(src, src_len, tgt, tgt_len)
+    tgt_in = np.concatenate([np.full((len(rows), 1), BOS), tgt], axis=1)
+    tgt_out = np.concatenate([tgt, np.full((len(rows), 1), PAD)], axis=1)
+    tgt_out[np.arange(len(rows)), tgt_len] = EOS
     return Batch(torch.from_numpy(src), torch.from_numpy(src_len), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out))

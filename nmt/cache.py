@@ -127,6 +127,8 @@ def key_inputs(cfg: DataConfig) -> dict[str, Any]:
             "vocab_size": cfg.bpe_vocab_size,
             "min_frequency": cfg.bpe_min_frequency,
             "joint": cfg.joint_bpe,
+            # only when set, so the entries prepared before the option existed keep their names
+            **({"joint_vocab": True} if cfg.joint_vocab else {}),
             "sample_size": cfg.bpe_sample_size,
             "sample_seed": cfg.bpe_sample_seed,
         },

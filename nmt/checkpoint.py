@@ -197,6 +197,13 @@ def check_resumable(state: dict[str, Any], path: Path, cfg: Config) -> None:
             "(fine-tuning: a fresh optimizer and schedule) and train.resume=none or another hydra.run.dir"
         )
     changed = changed_settings(state, cfg)
+    if "train.optimizer" in changed:
+        before, now = changed["train.optimizer"]
+        raise NmtError(
+            f"{path}: this run's {before} state cannot continue as train.optimizer={now}, even with "
+            f"train.resume_changed=true; resume with train.optimizer={before}, or start afresh with "
+            "train.resume=none or another hydra.run.dir (train.init_from=PATH keeps the weights)"
+        )
     listing = "; ".join(f"{key} {reprlib.repr(old)} -> {reprlib.repr(new)}" for key, (old, new) in changed.items())
     if changed and not cfg.train.resume_changed:
         raise NmtError(

@@ -24,6 +24,7 @@ CORPUS_KINDS = ("synthetic", "files", "hub")
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "int8")
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 VALID_METRICS = ("bleu", "loss")
 
 
@@ -55,7 +56,9 @@ class DataConfig:
     max_length_ratio: float = 3.0  # ... and pairs whose subword length ratio exceeds this
     bpe_vocab_size: int = 8000
     bpe_min_frequency: int = 2
-    joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary)
+    bpe_dropout: float = 0.0  # training batches: a subword splits into the two pieces BPE merged with this probability
+    joint_bpe: bool = True  # one BPE model for both languages (each side keeps its own vocabulary ...)
+    joint_vocab: bool = False  # ... unless this: one vocabulary of both sides' pieces (model.share_embeddings)
     on_bad_line: str = "error"  # a line that is not UTF-8: error | skip (its pair is dropped as empty)
     bpe_sample_size: int = 1_000_000  # BPE is learned on at most this many training pairs (a seeded sample); 0 = all
     bpe_sample_seed: int = 1
@@ -75,8 +78,10 @@ class DataConfig:
         _require(self.max_length >= 1, "data.max_length", ">= 1")
         _require(self.max_length_ratio >= 1.0, "data.max_length_ratio", ">= 1.0")
         _require(self.bpe_vocab_size >= 8, "data.bpe_vocab_size", ">= 8")
+        _require(0.0 <= self.bpe_dropout < 1.0, "data.bpe_dropout", "in [0, 1)")
         _require(self.synthetic_train_pairs >= 1, "data.synthetic_train_pairs", ">= 1")
         _require(self.on_bad_line in ("error", "skip"), "data.on_bad_line", "error or skip")
+        _require(not self.joint_vocab or self.joint_bpe, "data.joint_vocab", "false unless data.joint_bpe=true")
         _require(self.bpe_sample_size >= 0, "data.bpe_sample_size", ">= 0")
         _require(not self.streaming or self.corpus == "hub", "data.streaming", "false unless data.corpus=hub")
         _require(self.num_proc >= 0, "data.num_proc", ">= 0")
@@ -94,7 +99,9 @@ class ModelConfig:
     decoder_layers: int = 1
     attention: str = "general"  # dot | general (Luong) | additive (Bahdanau)
     dropout: float = 0.3
+    word_dropout: float = 0.0  # training: each source and target input subword becomes <unk> with this probability
     tie_embeddings: bool = False  # decoder output layer shares the target embedding matrix
+    share_embeddings: bool = False  # source and target embeddings are one matrix (needs data.joint_vocab=true)
 
     def __post_init__(self) -> None:
         _require(self.embed_size >= 1, "model.embed_size", ">= 1")
@@ -107,6 +114,7 @@ class ModelConfig:
         _require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1")
         _require(self.attention in ATTENTION_TYPES, "model.attention", f"one of {ATTENTION_TYPES}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)")
+        _require(0.0 <= self.word_dropout < 1.0, "model.word_dropout", "in [0, 1)")
 
 
 @dataclass
@@ -117,6 +125,9 @@ class TrainConfig:
     batch_tokens: int = 4000  # padded tokens (longer side, with BOS/EOS) per batch
     accumulate: int = 1  # batches per update (gradient accumulation)
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw (weight decay decoupled from the gradient) | sgd (with momentum)
+    weight_decay: float = 0.0  # adam, sgd: an L2 term added to the gradient; adamw: decay of the weights per step
+    momentum: float = 0.0  # sgd: heavy-ball momentum (0 = plain SGD)
     schedule: str = "constant"  # constant | plateau | inverse_sqrt | exponential
     warmup_steps: int = 0  # linear warm-up (inverse_sqrt, exponential)
     decay_rate: float = 0.5  # exponential: lr *= decay_rate every decay_every steps after warm-up
@@ -153,6 +164,10 @@ class TrainConfig:
         _require(0 <= self.seed < 2**32, "train.seed", "in [0, 2**32)")
         _require(self.batch_tokens >= 1, "train.batch_tokens", ">= 1")
         _require(self.accumulate >= 1, "train.accumulate", ">= 1")
+        _require(self.optimizer in OPTIMIZERS, "train.optimizer", f"one of {OPTIMIZERS}")
+        _require(self.weight_decay >= 0, "train.weight_decay", ">= 0")
+        _require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)")
+        _require(self.optimizer == "sgd" or self.momentum == 0, "train.momentum", "0 unless train.optimizer=sgd")
         _require(self.schedule in SCHEDULES, "train.schedule", f"one of {SCHEDULES}")
         _require(self.warmup_steps >= 0, "train.warmup_steps", ">= 0")
         _require(0 < self.decay_rate <= 1, "train.decay_rate", "in (0, 1]")
@@ -219,8 +234,20 @@ class DecodeConfig:
     )
     sampling_topk: int = option(0, "with sampling: draw among the K most likely tokens; 0 = all")
     sampling_topp: float = option(1.0, "with sampling: draw among the fewest tokens reaching probability P; 1 = all")
+    sampling_epsilon: float = option(
+        0.0, "with sampling: draw among the tokens of probability >= E (the most likely always stays); 0 = all"
+    )
     temperature: float = option(1.0, "with sampling: divides the log-probabilities; > 1 flattens, < 1 sharpens")
     seed: int = option(0, "with sampling: seed of the random generator")
+    mbr_utility: str = option(
+        "none",
+        "chrf or bleu: minimum Bayes risk, the candidate of highest mean sentence-level score (sacrebleu) "
+        "against the other candidates; nbest lists distinct ones by that mean, their score; none = off",
+    )
+    mbr_candidates: int = option(
+        16, "with mbr_utility: N candidates per sentence: the best N - mbr_samples of a beam search that wide, ..."
+    )
+    mbr_samples: int = option(0, "with mbr_utility: ... and mbr_samples draws, shaped by sampling_* and temperature")
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
@@ -228,7 +255,10 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
-        _require(1 <= self.nbest <= self.beam_size, "decode.nbest", "in [1, decode.beam_size]")
+        if self.mbr_utility == "none":
+            _require(1 <= self.nbest <= self.beam_size, "decode.nbest", "in [1, decode.beam_size]")
+        else:  # nbest lists candidates
+            _require(1 <= self.nbest <= self.mbr_candidates, "decode.nbest", "in [1, decode.mbr_candidates] with MBR")
         _require(self.batch_tokens >= 1, "decode.batch_tokens", ">= 1")
         _require(self.max_length_ratio > 0, "decode.max_length_ratio", "> 0")
         _require(self.max_length_offset >= 0, "decode.max_length_offset", ">= 0")
@@ -241,12 +271,14 @@ class DecodeConfig:
         _require(self.sampling_topk >= 0, "decode.sampling_topk", ">= 0")
         _require(0 < self.sampling_topp <= 1, "decode.sampling_topp", "in (0, 1]")
         _require(self.temperature > 0, "decode.temperature", "> 0")
+        _require(0 <= self.sampling_epsilon < 1, "decode.sampling_epsilon", "in [0, 1)")
         for key in SAMPLING_KEYS:
             _require(
-                self.sampling or getattr(self, key) == DECODE_DEFAULTS[key],
+                self.sampling or self.mbr_samples > 0 or getattr(self, key) == DECODE_DEFAULTS[key],
                 f"decode.{key}",
-                "left at its default without decode.sampling (it only shapes sampling)",
+                "left at its default without decode.sampling or decode.mbr_samples (it only shapes sampling)",
             )
+        self._check_mbr()
         _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
         _require(
             self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
@@ -255,8 +287,33 @@ class DecodeConfig:
         _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
         _require(self.threads >= 0, "decode.threads", ">= 0")
 
+    def _check_mbr(self) -> None:
+        _require(self.mbr_utility in MBR_UTILITIES, "decode.mbr_utility", f"one of {MBR_UTILITIES}")
+        if self.mbr_utility == "none":
+            for key in MBR_KEYS:
+                _require(
+                    getattr(self, key) == DECODE_DEFAULTS[key],
+                    f"decode.{key}",
+                    "left at its default without decode.mbr_utility (it only shapes MBR's candidates)",
+                )
+            return
+        _require(self.mbr_candidates >= 2, "decode.mbr_candidates", ">= 2 (MBR compares candidates)")
+        _require(0 <= self.mbr_samples <= self.mbr_candidates, "decode.mbr_samples", "in [0, decode.mbr_candidates]")
+        _require(
+            not self.sampling,
+            "decode.sampling",
+            "false with decode.mbr_utility (MBR draws its candidates with decode.mbr_samples)",
+        )
+        _require(
+            self.beam_size == DECODE_DEFAULTS["beam_size"],
+            "decode.beam_size",
+            "left at its default with decode.mbr_utility (the candidates' beam is mbr_candidates - mbr_samples wide)",
+        )
 
-SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "temperature", "seed")
+
+MBR_UTILITIES = ("none", "chrf", "bleu")
+SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "sampling_epsilon", "temperature", "seed")
+MBR_KEYS = ("mbr_candidates", "mbr_samples")  # they need decode.mbr_utility
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 
@@ -286,6 +343,7 @@ VALIDATION_OVERRIDES = {
     "device": "train.device",
     "quantize": "the training weights (no quantization)",
     "threads": "train.threads",
+    "mbr_utility": "search (MBR would search and compare mbr_candidates translations a sentence)",
 }
 
 
@@ -299,6 +357,11 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def __post_init__(self) -> None:
+        _require(
+            not self.model.share_embeddings or self.data.joint_vocab,
+            "model.share_embeddings",
+            "false unless data.joint_vocab=true (one vocabulary for both sides)",
+        )
         _require(
             self.train.batch_tokens > self.data.max_length,
             "train.batch_tokens",

@@ -86,6 +86,9 @@ def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] 
     for leftover in [*work.glob("*/moses*.arrow"), *work.glob("*/sample.arrow")]:
         leftover.unlink()
     counts = [_piece_counts(ids["train"].data.column(f"{side}_ids"), model) for side, model in zip(("src", "tgt"), bpe)]
+    if cfg.joint_vocab:  # one BPE model numbers both sides' pieces alike
+        joint = _vocabulary(bpe[0], counts[0] + counts[1])
+        return EncodedSplits(files, bpe, (joint, joint))
     return EncodedSplits(files, bpe, (_vocabulary(bpe[0], counts[0]), _vocabulary(bpe[1], counts[1])))
 
 

@@ -28,20 +28,32 @@ from nmt.data import EncodedCorpus
 from nmt.errors import NmtError
 from nmt.vocab import UNK
 
-# the network's shape, which the weights have: every model key but dropout
-ARCHITECTURE = tuple(f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if item.name != "dropout")
+# taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
+ADJUSTABLE = ("model.dropout", "model.word_dropout")
+# the network's shape, which the weights have: every model key but the dropouts
+ARCHITECTURE = tuple(
+    f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if f"model.{item.name}" not in ADJUSTABLE
+)
 # how the BPE models were learned: the run uses the checkpoint's models, so it records their settings
 SUBWORDS = tuple(
     f"data.{name}"
-    for name in ("bpe_vocab_size", "bpe_min_frequency", "joint_bpe", "bpe_sample_size", "bpe_sample_seed")
+    for name in (
+        "bpe_vocab_size",
+        "bpe_min_frequency",
+        "joint_bpe",
+        "joint_vocab",
+        "bpe_sample_size",
+        "bpe_sample_seed",
+    )
 )
 # what the optimizer and schedule state stand for (fixed only with train.init_reset=false, which keeps it)
 OPTIMIZER = tuple(
     f"train.{name}"
-    for name in ("lr", "schedule", "warmup_steps", "decay_rate", "decay_every", "plateau_factor", "plateau_patience")
-)
-# taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
-ADJUSTABLE = ("model.dropout",)
+    for name in (
+        "lr", "optimizer", "weight_decay", "momentum",
+        "schedule", "warmup_steps", "decay_rate", "decay_every", "plateau_factor", "plateau_patience",
+    )
+)  # fmt: skip
 KEPT_STATE = ("optimizer", "scheduler")  # what train.init_reset=false takes from the checkpoint
 SCHEMAS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 

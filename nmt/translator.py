@@ -5,7 +5,8 @@
 models to the device, quantizes them, builds their inference tables in the precision they decode
 in, and ensembles them. Validation during training builds one from the weights in training with
 `Translator.from_models`. Then `translate(lines)` tokenizes, batches by tokens, searches and
-detokenizes.
+detokenizes; with decode.mbr_utility it searches several candidates and returns the one of minimum
+Bayes risk (nmt.mbr).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt import checkpoint
+from nmt import checkpoint, mbr
 from nmt.alignment import AttentionMap, attention_maps, format_alignment
 from nmt.batching import length_batches
 from nmt.config import DecodeConfig
@@ -36,7 +37,7 @@ Track = Callable[[list[np.ndarray]], Iterable[np.ndarray]]  # wraps the batches 
 @dataclass
 class Translation:
     text: str
-    score: float
+    score: float  # the search's score (log-prob / length penalty + coverage penalty); with MBR the expected utility
     tokens: list[int]  # target subword ids, without BOS and EOS
     alignment: list[int]  # per target subword, the source subword position it attended to most
 
@@ -55,7 +56,9 @@ class Translator:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         # one stream of draws for the translator's life: the same seed and input give the same samples
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed) if cfg.sampling else None
+        sampled = cfg.sampling or cfg.mbr_samples > 0
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed) if sampled else None
+        self.utility = mbr.Utility(cfg.mbr_utility) if cfg.mbr_utility != "none" else None
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[Path], cfg: DecodeConfig) -> Translator:
@@ -101,16 +104,25 @@ class Translator:
         results = [[Translation("", 0.0, [], [])] for _ in lines]  # what a blank line gets
         nonempty = np.flatnonzero(lengths > 0)
         # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
-        rows = 1 if self.cfg.sampling else self.cfg.beam_size
         with autocast(self.cfg.precision, self.device):
-            for batch in track(length_batches(lengths[nonempty] * rows, self.cfg.batch_tokens)):
+            for batch in track(length_batches(lengths[nonempty] * search_rows(self.cfg), self.cfg.batch_tokens)):
                 indices = nonempty[batch]
                 batch_ids = [src_ids[i] for i in indices]
                 src = pad(batch_ids).to(self.device)
                 src_len = torch.from_numpy(lengths[indices])
-                for index, hyps in zip(indices, search(self.model, src, src_len, self.cfg, self.generator)):
-                    results[index] = [self._translation(lines[index], h) for h in hyps]
+                if self.utility is None:
+                    found = search(self.model, src, src_len, self.cfg, self.generator)
+                else:
+                    found = mbr.candidates(self.model, src, src_len, self.cfg, self.generator)
+                for index, hyps in zip(indices, found):
+                    translations = [self._translation(lines[index], h) for h in hyps]
+                    results[index] = translations if self.utility is None else self._mbr(translations, self.utility)
         return results
+
+    def _mbr(self, candidates: list[Translation], utility: mbr.Utility) -> list[Translation]:
+        """The `nbest` distinct candidates of highest expected utility, which becomes their score."""
+        ranked = mbr.rank([candidate.text for candidate in candidates], utility)
+        return [dataclasses.replace(candidates[index], score=expected) for index, expected in ranked[: self.cfg.nbest]]
 
     def _source(self, index: int, ids: list[int]) -> np.ndarray:
         limit = self.cfg.max_source_length
@@ -152,6 +164,14 @@ class Translator:
         )
         unk = self.tgt_pipeline.vocab.pieces[UNK]
         return [next(copies) if word == unk else word for word in words]
+
+
+def search_rows(cfg: DecodeConfig) -> int:
+    """The search rows a sentence holds at once: its beam, one draw, or with MBR the wider of the
+    candidates' beam and their draws (they are searched one after the other)."""
+    if cfg.mbr_utility != "none":
+        return max(cfg.mbr_candidates - cfg.mbr_samples, cfg.mbr_samples)
+    return 1 if cfg.sampling else cfg.beam_size
 
 
 def format_translations(

@@ -87,6 +87,21 @@ def test_changing_bpe_size_or_data_rebuilds_while_length_filters_reuse(corpus_di
     assert len(entries(root)) == 3
 
 
+def test_a_joint_vocabulary_holds_both_sides_pieces_and_encodes_them_alike(corpus_dir, tmp_path):
+    separate = prepare(files_config(corpus_dir), cache_dir=tmp_path / "cache")
+    joint = prepare(files_config(corpus_dir, joint_vocab=True), cache_dir=tmp_path / "cache")
+    assert joint.built and joint.cache != separate.cache
+    assert joint.src_pipeline.vocab.pieces == joint.tgt_pipeline.vocab.pieces
+    pieces = set(joint.src_pipeline.vocab.pieces)
+    assert set(separate.src_pipeline.vocab.pieces) | set(separate.tgt_pipeline.vocab.pieces) <= pieces
+    assert len(pieces) % 8 == 0
+    for side in ("src", "tgt"):  # the same text, other ids: what each vocabulary numbers it
+        ours, theirs = getattr(joint, f"{side}_pipeline"), getattr(separate, f"{side}_pipeline")
+        assert [ours.pieces(ids) for ids in getattr(joint.train, f"{side}_ids")[:50]] == [
+            theirs.pieces(ids) for ids in getattr(separate.train, f"{side}_ids")[:50]
+        ]
+
+
 def reference_corpus(cfg: DataConfig, split: str, pipelines) -> EncodedCorpus:
     """The split encoded line by line in memory, through the same path as translation."""
     pairs = read_parallel(corpus_file(cfg, split, cfg.src_lang), corpus_file(cfg, split, cfg.tgt_lang))

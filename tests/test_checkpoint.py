@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 import re
 import resource
@@ -6,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from nmt import checkpoint
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
 from nmt.synthetic import generate_split
+from nmt.train import run
 from nmt.translator import Translator
 
 
@@ -191,3 +194,17 @@ def test_checkpoint_older_than_a_setting_loads_with_its_default(trained_checkpoi
 
     path = altered(trained_checkpoint, tmp_path, drop_newer_settings)
     assert checkpoint.restore(checkpoint.load(path), path)[3].tie_embeddings is False
+
+
+def test_a_three_way_tied_run_restores_one_shared_matrix(tmp_path):
+    cfg = tiny_config(max_steps=3, valid_metric="loss")
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, joint_vocab=True),
+        model=dataclasses.replace(cfg.model, tie_embeddings=True, share_embeddings=True),
+    )
+    run(cfg, tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    model, src, tgt, _ = checkpoint.restore(checkpoint.load(path), path)
+    assert model.encoder.embed.weight is model.decoder.embed.weight is model.output.weight
+    assert src.vocab.pieces == tgt.vocab.pieces

@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from nmt.config import (
+    MBR_KEYS,
     SAMPLING_KEYS,
     VALIDATION_OVERRIDES,
     Config,
@@ -103,6 +104,15 @@ def test_experiment_multi30k_ende_selects_data_model_and_train():
     assert (cfg.train.precision, cfg.train.schedule, cfg.train.max_minutes) == ("bf16", "plateau", 88)
 
 
+@pytest.mark.parametrize(("alias", "langs"), [("multi30k_ende", ("en", "de")), ("multi30k_deen", ("de", "en"))])
+def test_the_pair_recipes_are_the_one_multi30k_recipe_with_their_languages(alias, langs):
+    """One recipe for every pair: an alias adds its languages and nothing else."""
+    languages = [f"data.src_lang={langs[0]}", f"data.tgt_lang={langs[1]}"]
+    assert compose(overrides=[f"experiment={alias}"]) == compose(overrides=["experiment=multi30k", *languages])
+    other_pair = OmegaConf.to_object(compose(overrides=["experiment=multi30k", "data.src_lang=fr", "data.tgt_lang=cs"]))
+    assert (other_pair.data.src_lang, other_pair.data.tgt_lang) == ("fr", "cs")
+
+
 def test_evaluate_config_composes_with_a_checkpoint():
     cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=runs/x/checkpoints/best.pt", "decode.beam_size=3"]))
     assert isinstance(cfg, EvaluateConfig)
@@ -140,11 +150,20 @@ def test_evaluate_config_takes_an_ensemble_and_every_decode_key():
 
 def non_default_value(name: str) -> object:
     """A valid value other than DecodeConfig's default for each of its keys."""
-    special = {"nbest": 2, "precision": "bf16", "quantize": "int8", "device": "cuda", "sampling_topp": 0.5}
+    special = {
+        "nbest": 2, "precision": "bf16", "quantize": "int8", "device": "cuda", "sampling_topp": 0.5,
+        "sampling_epsilon": 0.02, "mbr_utility": "chrf",
+    }  # fmt: skip
     if name in special:
         return special[name]
     default = getattr(DecodeConfig(), name)
     return not default if isinstance(default, bool) else default + 1
+
+
+def enabling(name: str) -> dict[str, object]:
+    """The setting a decode key needs to take another value than its default: the sampling keys
+    shape sampling, the MBR keys MBR."""
+    return {"sampling": True} if name in SAMPLING_KEYS else {"mbr_utility": "chrf"} if name in MBR_KEYS else {}
 
 
 def test_every_decode_key_is_a_translate_flag_with_its_help():
@@ -162,8 +181,8 @@ def test_every_decode_key_is_a_translate_flag_with_its_help():
             argv = [f"--{item.name.replace('_', '-')}" if value else f"--no-{item.name.replace('_', '-')}"]
         else:
             argv = [f"--{item.name.replace('_', '-')}", str(value)]
-        if item.name in SAMPLING_KEYS:
-            argv.append("--sampling")  # they only shape sampling, and are refused without it
+        for key, needed in enabling(item.name).items():  # refused without it
+            argv += [f"--{key.replace('_', '-')}"] if needed is True else [f"--{key.replace('_', '-')}", str(needed)]
         parsed = from_flags(parser.parse_args(argv), DecodeConfig)
         assert getattr(parsed, item.name) == value
 
@@ -186,7 +205,7 @@ def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
     try:
         cfg = OmegaConf.to_object(compose(overrides=[f"decode.{key}={value}"]))
     except NmtError as error:
-        assert key in VALIDATION_OVERRIDES or key in SAMPLING_KEYS  # sampling keys need decode.sampling
+        assert key in VALIDATION_OVERRIDES or enabling(key)  # sampling and MBR keys need what enables them
         assert f"decode.{key}" in str(error)
         return
     assert key not in VALIDATION_OVERRIDES
@@ -239,14 +258,22 @@ def test_unknown_key_or_wrong_type_fails_at_compose_time(override):
         (["model.hidden_size=255"], "model.hidden_size"),
         (["model.attention=cosine"], "model.attention"),
         (["model.dropout=1.0"], "model.dropout"),
+        (["model.word_dropout=-0.1"], "model.word_dropout"),
         (["decode.beam_size=0"], "decode.beam_size"),
         (["decode.beam_size=4", "decode.nbest=5"], "decode.nbest"),
         (["train.lr=-1"], "train.lr"),
+        (["train.optimizer=adagrad"], "train.optimizer"),
+        (["train.momentum=0.9"], "train.momentum"),
+        (["train.optimizer=sgd", "train.momentum=1.0"], "train.momentum"),
+        (["train.weight_decay=-0.1"], "train.weight_decay"),
         (["train.max_epochs=0", "train.max_minutes=0"], "train.max_epochs, train.max_steps or train.max_minutes"),
         (["train.precision=fp8"], "train.precision"),
         (["data.corpus=bogus"], "data.corpus"),
         (["data.tgt_lang=src"], "data.tgt_lang"),
         (["data.bpe_vocab_size=4"], "data.bpe_vocab_size"),
+        (["data.joint_bpe=false", "data.joint_vocab=true"], "data.joint_vocab"),
+        (["data.bpe_dropout=1.0"], "data.bpe_dropout"),
+        (["model.share_embeddings=true"], "model.share_embeddings"),
         (["~data.splits.val"], "data.splits.val"),
     ],
 )
@@ -284,7 +311,7 @@ def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
 
     monkeypatch.setattr(evaluate.Translator, "from_checkpoints", capture)
     value = non_default_value(key)
-    overrides = [f"decode.{key}={value}", *(["decode.sampling=true"] if key in SAMPLING_KEYS else [])]
+    overrides = [f"decode.{key}={value}", *(f"decode.{name}={needed}" for name, needed in enabling(key).items())]
     cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=a.pt", *overrides]))
     with pytest.raises(Built) as built:
         evaluate.run(cfg, Path("unused"))

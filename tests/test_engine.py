@@ -43,7 +43,13 @@ def ensemble_members(good_run: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    "flags", [["--quantize", "int8"], ["--precision", "bf16", "--beam-size", "3", "--nbest", "2"]], ids=["int8", "bf16"]
+    "flags",
+    [
+        ["--quantize", "int8"],
+        ["--precision", "bf16", "--beam-size", "3", "--nbest", "2"],
+        ["--mbr-utility", "chrf", "--mbr-candidates", "4", "--mbr-samples", "2", "--sampling-epsilon", "0.02"],
+    ],
+    ids=["int8", "bf16", "mbr"],
 )
 def test_evaluate_scores_exactly_what_translate_prints_for_an_ensemble(
     good_run: Path, test_set: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str]

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from nmt.attention import Attention
 from nmt.config import ModelConfig
 from nmt.decoder import DecoderState, lstm_cell
-from nmt.dropout import Dropout
+from nmt.dropout import Dropout, word_dropout
 from nmt.loss import sequence_loss
 from nmt.model import EncodedSource, InferenceModel, Seq2Seq
-from nmt.vocab import BOS, EOS, PAD
+from nmt.vocab import BOS, EOS, PAD, UNK
 
 SRC_VOCAB, TGT_VOCAB = 23, 19
 
@@ -81,6 +81,19 @@ def test_tied_output_layer_is_the_decoder_embedding(embed_size: int, projection:
     names = [name for name, _ in model.named_parameters()]
     assert "output.weight" not in names
     assert "decoder.embed.weight" in names
+
+
+def test_three_way_tying_makes_one_matrix_of_both_embeddings_and_the_output_layer() -> None:
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed_size=12, hidden_size=16, tie_embeddings=True, share_embeddings=True), 23, 23)
+    assert model.encoder.embed.weight is model.decoder.embed.weight is model.output.weight
+    two_way = Seq2Seq(ModelConfig(embed_size=12, hidden_size=16, tie_embeddings=True), 23, 23)
+    assert sum(p.numel() for p in two_way.parameters()) - sum(p.numel() for p in model.parameters()) == 23 * 12
+    model(*source_batch([[4, 5, 6]]), target_input([[7, 8]])).sum().backward()
+    # the gradient of the one matrix holds the source rows' and the target rows' share
+    assert model.encoder.embed.weight.grad[[4, 5, 6, 7, 8]].abs().sum(dim=1).gt(0).all()
+    with pytest.raises(ValueError, match="one vocabulary for both sides"):
+        Seq2Seq(ModelConfig(share_embeddings=True), SRC_VOCAB, TGT_VOCAB)
 
 
 def test_untied_output_layer_has_its_own_weight() -> None:
@@ -425,3 +438,32 @@ def test_dropout_zeroes_a_fraction_p_scales_the_rest_and_passes_gradients_throug
     assert dropout.eval()(x) is x
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+def test_word_dropout_turns_a_fraction_p_of_subwords_into_unk_and_spares_the_specials():
+    torch.manual_seed(0)
+    tokens = torch.randint(EOS + 1, 50, (400, 60))
+    tokens[:, 0], tokens[:, -1], tokens[:5, 30:] = BOS, EOS, PAD
+    dropped = word_dropout(tokens, 0.25)
+    changed = dropped != tokens
+    assert (dropped[changed] == UNK).all()
+    assert not changed[:, 0].any() and not changed[:, -1].any() and not changed[:5, 30:].any()
+    assert abs(changed[5:, 1:-1].float().mean().item() - 0.25) < 0.01
+
+
+def test_word_dropout_acts_in_training_only():
+    model = make_model(word_dropout=0.5)
+    src, src_len = source_batch([[4, 5, 6, 7], [8, 9]])
+    tgt_in = target_input([[10, 11, 12], [13]])
+    evaluated = model(src, src_len, tgt_in)
+    assert torch.equal(evaluated, model(src, src_len, tgt_in))
+    model.train()
+    for module in model.modules():  # no other randomness: only the words differ
+        if isinstance(module, Dropout):
+            module.p = 0.0
+    torch.manual_seed(3)
+    trained = model(src, src_len, tgt_in)
+    torch.manual_seed(3)
+    kept = word_dropout(src, 0.5), word_dropout(tgt_in, 0.5)
+    assert not torch.equal(trained, evaluated)
+    assert torch.allclose(trained, model.eval()(kept[0], src_len, kept[1]))

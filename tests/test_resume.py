@@ -103,3 +103,11 @@ def test_resume_changed_continues_the_run(last, tmp_path, caplog):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 42 and state["train_config"]["lr"] == 0.001
     assert "changed settings (train.resume_changed=true): train.lr 0.003 -> 0.001" in caplog.text
+
+
+def test_another_optimizer_cannot_continue_a_run_even_with_resume_changed(last, tmp_path):
+    with pytest.raises(NmtError) as error:
+        run(tiny_config(resume=str(last), resume_changed=True, optimizer="sgd", momentum=0.9), tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{last}: this run's adam state cannot continue as train.optimizer=sgd")
+    assert "\n" not in message and list(tmp_path.iterdir()) == []

@@ -345,7 +345,12 @@ def test_sampling_draws_within_top_k_and_top_p_and_repeats_with_a_seed() -> None
     assert set(draws(sampling_topp=0.7).tolist()) == {3, 4}  # 0.4 + 0.3 reaches 0.7
     assert set(draws(sampling_topp=0.75).tolist()) == {2, 3, 4}
     assert set(draws(sampling_topk=1, temperature=5.0).tolist()) == {4}
+    assert set(draws(sampling_epsilon=0.12).tolist()) == {2, 3, 4}  # 0.1 and 0.05 are below epsilon
+    assert set(draws(sampling_epsilon=0.5).tolist()) == {4}  # none reaches it: the most likely stays
     assert len(set(draws().tolist())) == 5
+    many = sample(log_probs[:1].expand(50000, 5), DecodeConfig(sampling=True), torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(many, minlength=5).double() / 50000
+    assert torch.allclose(frequencies, log_probs[0].exp().double(), atol=0.007)  # 50,000 draws: 3 sigma
     assert torch.equal(draws(3, sampling_topp=0.9), draws(3, sampling_topp=0.9))
     assert not torch.equal(draws(3, sampling_topp=0.9), draws(4, sampling_topp=0.9))
     # a high temperature flattens the distribution: the least likely token is drawn more often

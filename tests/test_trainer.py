@@ -22,7 +22,7 @@ from nmt.cache import prepare
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
-from nmt.schedule import exponential, inverse_sqrt
+from nmt.schedule import exponential, inverse_sqrt, make_optimizer
 from nmt.train import start_distributed
 from nmt.trainer import Trainer, dropout_seed
 
@@ -66,7 +66,8 @@ def wait_for_step(path: Path, minimum: int, process: subprocess.Popen) -> int:
 
 
 def test_run_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
-    steps = ["train.max_steps=24", "train.save_every=2"]
+    # with every source of training randomness: dropout, word dropout, BPE-dropout
+    steps = ["train.max_steps=24", "train.save_every=2", "model.word_dropout=0.1", "data.bpe_dropout=0.1"]
     finish(train_cli(tmp_path / "straight", *steps))
     interrupted = train_cli(tmp_path / "resumed", *steps)
     killed_at = wait_for_step(tmp_path / "resumed" / "checkpoints" / "last.pt", 8, interrupted)
@@ -207,6 +208,27 @@ def test_schedules():
     assert [inverse_sqrt(s, 4) for s in (1, 2, 4, 16)] == [0.25, 0.5, 1.0, 0.5]
     assert exponential(1, 0, 0.5, 10) == 0.5**0.1
     assert exponential(30, 10, 0.5, 10) == 0.25 and exponential(5, 10, 0.5, 10) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "extra", "expected"),
+    [
+        # Adam's first step moves each weight by lr against the sign of its gradient (+ the L2 term)
+        ("adam", {}, lambda w, g: w - 0.1 * torch.sign(g + 0.5 * w)),
+        # AdamW decays the weight itself, apart from the gradient
+        ("adamw", {}, lambda w, g: w * (1 - 0.1 * 0.5) - 0.1 * torch.sign(g)),
+        # SGD (its momentum buffer starts as the first gradient)
+        ("sgd", {"momentum": 0.9}, lambda w, g: w - 0.1 * (g + 0.5 * w)),
+    ],
+)
+def test_the_optimizer_of_train_optimizer_takes_its_first_step_by_its_formula(optimizer, extra, expected):
+    cfg = tiny_config(optimizer=optimizer, lr=0.1, weight_decay=0.5, **extra).train
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    start, gradient = weight.detach().clone(), torch.tensor([0.3, 0.2, -4.0])
+    update = make_optimizer([weight], cfg, fused=True)
+    weight.grad = gradient.clone()
+    update.step()
+    assert torch.allclose(weight.detach(), expected(start, gradient), atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

@@ -1,5 +1,5 @@
 """The Translator and `nmt-translate` on a real trained checkpoint: batching invariance, streaming,
-ensembles, int8, sampling, UNK replacement, and a start-up that stays light."""
+ensembles, int8, sampling, MBR, UNK replacement, and a start-up that stays light."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
+from sacrebleu import sentence_chrf
 
 from nmt import checkpoint, synthetic
 from nmt import translator as translator_module
@@ -120,6 +121,31 @@ def test_sampling_repeats_with_a_seed_and_varies_without(restored: tuple, test_l
 
     assert sampled(1) == sampled(1)
     assert sampled(1) != sampled(2)
+
+
+def test_mbr_returns_the_beam_candidate_that_agrees_most_with_the_others(
+    restored: tuple, test_lines: list[str]
+) -> None:
+    """The oracle: the same beam's n-best, scored pair by pair with sacrebleu's sentence_chrf."""
+    model, src, tgt, _ = restored
+    lines = test_lines[:12]
+    beam = Translator.from_models([model], src, tgt, DecodeConfig(beam_size=6, nbest=6)).translate(lines)
+    cfg = DecodeConfig(mbr_utility="chrf", mbr_candidates=6, nbest=3)
+    chosen = Translator.from_models([model], src, tgt, cfg).translate(lines)
+    differs = 0
+    for candidates, ours in zip(beam, chosen):
+        texts = [c.text for c in candidates]
+        mean = {
+            i: sum(sentence_chrf(h, [r]).score for j, r in enumerate(texts) if j != i) / (len(texts) - 1)
+            for i, h in enumerate(texts)
+            if h not in texts[:i]
+        }
+        best = sorted(mean, key=lambda i: (-mean[i], i))[:3]
+        assert [t.text for t in ours] == [texts[i] for i in best]
+        assert [t.score for t in ours] == pytest.approx([mean[i] for i in best])
+        assert [t.tokens for t in ours] == [candidates[i].tokens for i in best]
+        differs += best[0] != 0
+    assert differs, "on some line MBR should choose another translation than beam search's best"
 
 
 def test_replace_unk_copies_the_most_attended_source_word(restored: tuple) -> None:
