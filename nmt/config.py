@@ -25,6 +25,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "int8")
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
 VALID_METRICS = ("bleu", "loss")
+SHORTLIST_WIDTH = 100  # target pieces stored per source piece in a lexical shortlist (nmt/shortlist.py)
 
 
 def field_default(item: dataclasses.Field) -> Any:
@@ -211,6 +212,15 @@ class DecodeConfig:
     sampling_topp: float = option(1.0, "with sampling: draw among the fewest tokens reaching probability P; 1 = all")
     temperature: float = option(1.0, "with sampling: divides the log-probabilities; > 1 flattens, < 1 sharpens")
     seed: int = option(0, "with sampling: seed of the random generator")
+    shortlist: bool = option(
+        False,
+        "cut the output layer to each batch's lexical shortlist (stored in the checkpoint; python -m nmt.shortlist "
+        "adds one): faster, and the softmax is over the shortlist",
+    )
+    shortlist_per_source: int = option(
+        20, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})"
+    )
+    shortlist_frequent: int = option(500, "with shortlist: the N target pieces most frequent in training, always in")
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
@@ -237,6 +247,18 @@ class DecodeConfig:
                 f"decode.{key}",
                 "left at its default without decode.sampling (it only shapes sampling)",
             )
+        _require(
+            1 <= self.shortlist_per_source <= SHORTLIST_WIDTH,
+            "decode.shortlist_per_source",
+            f"in [1, {SHORTLIST_WIDTH}]",
+        )
+        _require(self.shortlist_frequent >= 0, "decode.shortlist_frequent", ">= 0")
+        for key in SHORTLIST_KEYS:
+            _require(
+                self.shortlist or getattr(self, key) == DECODE_DEFAULTS[key],
+                f"decode.{key}",
+                "left at its default without decode.shortlist (it only shapes the shortlist)",
+            )
         _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
         _require(
             self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
@@ -247,6 +269,7 @@ class DecodeConfig:
 
 
 SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "temperature", "seed")
+SHORTLIST_KEYS = ("shortlist_per_source", "shortlist_frequent")
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 

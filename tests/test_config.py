@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from nmt.config import (
     SAMPLING_KEYS,
+    SHORTLIST_KEYS,
     VALIDATION_OVERRIDES,
     Config,
     DataConfig,
@@ -34,6 +35,8 @@ REQUIRED_VALUES = {
     ("data", "hub"): ["data.hub_name=wmt14", "data.hub_config=de-en", "data.src_lang=en", "data.tgt_lang=de"],
 }
 GROUP_OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+# decode keys that only shape a mode, and are refused without the switch that turns it on
+SWITCHES = {**{key: "sampling" for key in SAMPLING_KEYS}, **{key: "shortlist" for key in SHORTLIST_KEYS}}
 
 
 def compose(config_name="train", overrides=()):
@@ -162,8 +165,8 @@ def test_every_decode_key_is_a_translate_flag_with_its_help():
             argv = [f"--{item.name.replace('_', '-')}" if value else f"--no-{item.name.replace('_', '-')}"]
         else:
             argv = [f"--{item.name.replace('_', '-')}", str(value)]
-        if item.name in SAMPLING_KEYS:
-            argv.append("--sampling")  # they only shape sampling, and are refused without it
+        if item.name in SWITCHES:
+            argv.append(f"--{SWITCHES[item.name]}")  # they are refused without it
         parsed = from_flags(parser.parse_args(argv), DecodeConfig)
         assert getattr(parsed, item.name) == value
 
@@ -186,17 +189,22 @@ def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
     try:
         cfg = OmegaConf.to_object(compose(overrides=[f"decode.{key}={value}"]))
     except NmtError as error:
-        assert key in VALIDATION_OVERRIDES or key in SAMPLING_KEYS  # sampling keys need decode.sampling
+        assert key in VALIDATION_OVERRIDES or key in SWITCHES  # these need their switch
         assert f"decode.{key}" in str(error)
         return
     assert key not in VALIDATION_OVERRIDES
     assert getattr(cfg.validation_decode(), key) == value
 
 
-def test_sampling_settings_without_sampling_are_refused():
+def test_sampling_and_shortlist_settings_without_their_switch_are_refused():
     with pytest.raises(NmtError, match="decode.temperature must be left at its default without decode.sampling"):
         DecodeConfig(temperature=0.5)
     assert DecodeConfig(sampling=True, temperature=0.5).temperature == 0.5
+    with pytest.raises(NmtError, match="decode.shortlist_frequent must be left at its default without decode.short"):
+        DecodeConfig(shortlist_frequent=10)
+    assert DecodeConfig(shortlist=True, shortlist_frequent=10).shortlist_frequent == 10
+    with pytest.raises(NmtError, match=r"decode.shortlist_per_source must be in \[1, 100\]"):
+        DecodeConfig(shortlist=True, shortlist_per_source=101)
 
 
 def test_training_refuses_a_validation_search_it_cannot_run():
@@ -284,7 +292,7 @@ def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
 
     monkeypatch.setattr(evaluate.Translator, "from_checkpoints", capture)
     value = non_default_value(key)
-    overrides = [f"decode.{key}={value}", *(["decode.sampling=true"] if key in SAMPLING_KEYS else [])]
+    overrides = [f"decode.{key}={value}", *([f"decode.{SWITCHES[key]}=true"] if key in SWITCHES else [])]
     cfg = OmegaConf.to_object(compose("evaluate", ["checkpoint=a.pt", *overrides]))
     with pytest.raises(Built) as built:
         evaluate.run(cfg, Path("unused"))

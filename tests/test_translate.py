@@ -16,7 +16,8 @@ from nmt import checkpoint, synthetic
 from nmt import translator as translator_module
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
-from nmt.precision import quantize_int8
+from nmt.model import InferenceModel
+from nmt.precision import autocast, quantize_int8
 from nmt.search import Hypothesis
 from nmt.translator import Translation, Translator
 from nmt.vocab import UNK
@@ -108,6 +109,21 @@ def test_int8_quantization_replaces_the_layers_and_leaves_the_original(restored:
     assert isinstance(quantized.decoder.recurrent_gates, dynamic.Linear)
     assert isinstance(quantized.output, dynamic.Linear) and isinstance(quantized.encoder.rnn, dynamic.LSTM)
     assert not isinstance(model.output, dynamic.Linear), "the original is untouched"
+
+
+def test_bf16_holds_bf16_weights_and_translates_as_autocast_over_fp32_weights(
+    restored: tuple, test_lines: list[str]
+) -> None:
+    model, src, tgt, _ = restored
+    cfg = DecodeConfig(beam_size=3, nbest=2, precision="bf16")
+    translator = Translator.from_models([model], src, tgt, cfg)
+    held = translator.model.model
+    assert held.decoder.recurrent_gates.weight.dtype == held.output.weight.dtype == torch.bfloat16
+    assert held.encoder.rnn.weight_hh_l0 is model.encoder.rnn.weight_hh_l0, "the encoder's fp32 weights are shared"
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "the original is untouched"
+    with autocast("bf16", torch.device("cpu")):  # autocast casting the fp32 weights at every call
+        recasting = Translator(InferenceModel(model), src, tgt, cfg)
+    assert translator.translate(test_lines) == recasting.translate(test_lines)
 
 
 def test_sampling_repeats_with_a_seed_and_varies_without(restored: tuple, test_lines: list[str]) -> None:
