@@ -34,6 +34,18 @@ class OutputRows(NamedTuple):
     layer: Callable[[torch.Tensor], torch.Tensor]
 
 
+def output_rows(weight: torch.Tensor, bias: torch.Tensor, ids: torch.Tensor) -> OutputRows:
+    """The rows `ids` of an output layer's weight and bias (`Seq2Seq.output_weights`), gathered
+    once for the steps of a batch; an int8 weight makes an int8 layer of them."""
+    if not weight.is_quantized:
+        return OutputRows(ids, functools.partial(F.linear, weight=weight[ids], bias=bias[ids]))
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear  # loaded by quantization already
+
+    layer = QuantizedLinear(weight.size(1), len(ids))
+    layer.set_weight_bias(weight.index_select(0, ids), bias[ids])
+    return OutputRows(ids, layer)
+
+
 class EncodedSource(NamedTuple):
     memory: torch.Tensor  # (B, S, H)
     keys: torch.Tensor  # (B, S, H), attention keys precomputed from memory
@@ -81,18 +93,17 @@ class Seq2Seq(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(features)
 
-    def output_rows(self, ids: torch.Tensor) -> OutputRows:
-        """The output layer cut to the target ids (U,), gathered once for the steps of a batch:
-        rows of the weight and bias, or for an int8 layer (nmt.precision) an int8 layer of its rows."""
+    def vocabulary(self, source: EncodedSource) -> torch.Tensor | None:
+        """The target ids of the columns of `step`'s log-probs: the batch's shortlist, or None for all."""
+        return None if source.output is None else source.output.ids
+
+    def output_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer's weight (V, E or H) and bias (V,): its parameters, or for an int8 layer
+        (nmt.precision) its int8 weight unpacked (a copy)."""
         layer = self.output
         if isinstance(layer, nn.Linear):
-            weight, bias = layer.weight.index_select(0, ids), layer.bias.index_select(0, ids)
-            return OutputRows(ids, functools.partial(F.linear, weight=weight, bias=bias))
-        from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear  # loaded by quantization already
-
-        rows = QuantizedLinear(layer.in_features, len(ids))
-        rows.set_weight_bias(layer.weight().index_select(0, ids), layer.bias().index_select(0, ids))
-        return OutputRows(ids, rows)
+            return layer.weight, layer.bias
+        return layer.weight(), layer.bias()
 
     def forward(
         self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None
@@ -110,18 +121,14 @@ class Seq2Seq(nn.Module):
         """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S).
         `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam).
         With `reuse_logits` (no gradients) the log-probs are written over the logits.
-        With a shortlist (`source.output`) the softmax is over its U tokens, as in Marian, and the
-        others get -inf: search, its constraints and ensembles see the whole vocabulary as ever."""
+        With a shortlist (`source.output`) they are (B, U), column j for token `source.output.ids[j]`,
+        and the softmax is over those U tokens, as in Marian."""
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask, source.gate_table
         )
-        features = self.output_proj(hidden.squeeze(1))
         layer = self.logits if source.output is None else source.output.layer
-        logits = layer(features).float()
+        logits = layer(self.output_proj(hidden.squeeze(1))).float()
         log_probs = torch.log_softmax(logits, dim=-1, out=logits if reuse_logits else None)
-        if source.output is not None:
-            every = log_probs.new_full((log_probs.size(0), self.output.out_features), float("-inf"))
-            log_probs = every.index_copy_(1, source.output.ids, log_probs)
         return log_probs, state, attention.squeeze(1)
 
 
@@ -137,12 +144,17 @@ class InferenceModel:
         self.shortlist = shortlist
         with torch.no_grad():
             self.gate_table = model.decoder.gate_table()
+            # what batches cut their output layers from; int8 unpacks its weight here, once
+            self.output_weights = model.output_weights() if shortlist is not None else None
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
         source, state = self.model.encode(src, src_len, self.gate_table)
         if self.shortlist is not None:
-            source = source._replace(output=self.model.output_rows(self.shortlist.vocabulary(src)))
+            source = source._replace(output=output_rows(*self.output_weights, self.shortlist.vocabulary(src)))
         return source, state
+
+    def vocabulary(self, source: EncodedSource) -> torch.Tensor | None:
+        return self.model.vocabulary(source)
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource

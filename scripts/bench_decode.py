@@ -38,7 +38,7 @@ import torch
 from nmt import checkpoint, metrics
 from nmt.config import DecodeConfig
 from nmt.precision import autocast
-from nmt.search import Hypothesis, SearchModel, length_penalty, max_lengths
+from nmt.search import Columns, Hypothesis, SearchModel, length_penalty, max_lengths
 from nmt.shortlist import Shortlist
 from nmt.translator import Translator
 from nmt.vocab import BOS, EOS, pad
@@ -81,6 +81,7 @@ def naive_beam_search(model: SearchModel, ids: list[int], cfg: DecodeConfig) -> 
     with the candidates of each step chosen in Python."""
     K = cfg.beam_size
     source, state = model.encode(torch.tensor([ids]), torch.tensor([len(ids)]))
+    columns = Columns(model.vocabulary(source))
     limit = int(max_lengths(torch.tensor([len(ids)]), cfg.max_length_ratio, cfg.max_length_offset))
     beams: list[tuple[list[int], float]] = [([], 0.0)]
     finished: list[Hypothesis] = []
@@ -88,8 +89,9 @@ def naive_beam_search(model: SearchModel, ids: list[int], cfg: DecodeConfig) -> 
         prev = torch.tensor([tokens[-1] if tokens else BOS for tokens, _ in beams])
         log_probs, state, _ = model.step(prev, state, source)  # every beam attends to the one source
         if t == limit:
-            log_probs = torch.where(torch.arange(log_probs.size(1)) == EOS, log_probs, float("-inf"))
-        values, tokens = log_probs.topk(min(2 * K, log_probs.size(1)), dim=1)
+            log_probs = torch.where(torch.arange(log_probs.size(1)) == columns.eos, log_probs, float("-inf"))
+        values, best = log_probs.topk(min(2 * K, log_probs.size(1)), dim=1)
+        tokens = columns.tokens(best)
         candidates = [
             (score + value, beam, token)
             for beam, (_, score) in enumerate(beams)
