@@ -218,9 +218,9 @@ class DecodeConfig:
         "adds one): faster, and the softmax is over the shortlist",
     )
     shortlist_per_source: int = option(
-        20, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})"
+        5, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})"
     )
-    shortlist_frequent: int = option(500, "with shortlist: the N target pieces most frequent in training, always in")
+    shortlist_frequent: int = option(1000, "with shortlist: the N target pieces most frequent in training, always in")
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
