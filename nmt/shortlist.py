@@ -2,24 +2,24 @@
 
 With `decode.shortlist=true` each batch's output layer is cut to the union of
 - the k best target pieces of each source piece in the batch (decode.shortlist_per_source),
-- the N target pieces most frequent in the training data (decode.shortlist_frequent),
+- the N target pieces most frequent in the training targets (decode.shortlist_frequent),
 - the special pieces,
-so that a search step multiplies its hypotheses by U rows of the output layer instead of V and
-normalizes its softmax over them, as Marian does (`Seq2Seq.step`).
+so that a search step multiplies its hypotheses by U rows of the output layer instead of V, and
+normalizes its softmax over those U tokens, as Marian does (`Seq2Seq.step`; search works on the
+U columns, `SearchModel.vocabulary`).
 
-The table behind it is built once from the training pairs (`build`) and stored in every checkpoint
-that training writes; `python -m nmt.shortlist` adds one to an older checkpoint. A source piece s
-ranks the target pieces t by the Dice coefficient of their occurrence in the same sentence pairs
+The table behind it is built once from the training pairs (`build`) and stored, versioned, in every
+checkpoint that training writes; `python -m nmt.shortlist` adds one to an older checkpoint. A source
+piece s ranks the target pieces t by the Dice coefficient of their occurrence in the same pairs
 
     dice(s, t) = 2 c(s, t) / (c(s) + c(t))
 
 c(s, t): training pairs with s in the source and t in the target; c(s), c(t): pairs with each.
-The conditional p(t | s) = c(s, t) / c(s) ranks the most frequent target pieces ("." , "ein")
-first for every source piece, and those are in the frequent list already; pointwise mutual
-information ranks first the pairs seen once. Dice asks both pieces to occur mostly together,
-which is what a translation does (Smadja et al., 1996; Och & Ney, 2003 compare it with alignment
-models). On Multi30k val it covers more of the reference pieces than p(t | s) at the same k and N
-(README, Decoding speed).
+Marian takes p(t | s) from word alignments; without an aligner, the co-occurrence estimate
+p(t | s) = c(s, t) / c(s) ranks the most frequent target pieces ("." , "ein") first for every
+source piece, and those are in the frequent list already, while pointwise mutual information ranks
+first the pairs seen once. Dice asks both pieces to occur mostly together, as a piece and its
+translation do (Smadja et al., 1996, extract bilingual lexicons with it).
 
     python -m nmt.shortlist runs/old/checkpoints/best.pt -o runs/old/checkpoints/best-shortlist.pt
 """
@@ -42,7 +42,7 @@ from nmt.files import check_distinct
 from nmt.vocab import EOS, PAD, SPECIAL_TOKENS
 
 if TYPE_CHECKING:  # the data pipeline stays out of nmt-translate's imports
-    from nmt.data import EncodedCorpus
+    from nmt.data import EncodedCorpus, IdColumn
 
 VERSION = 1  # bump when what the stored table means changes
 PAIR_BUDGET = 1 << 22  # (sentence, source position, target position) triples looked at in one chunk
@@ -62,7 +62,7 @@ def build(corpus: EncodedCorpus, src_vocab_size: int, tgt_vocab_size: int) -> di
     chunk = max(PAIR_BUDGET // longest, 1)
     for start in range(0, len(corpus), chunk):
         rows = corpus.rows[start : start + chunk]
-        src = _padded(corpus.src, rows, src_len[start : start + chunk])  # (n, S), PAD after each row
+        src = _padded(corpus.src, rows, src_len[start : start + chunk])  # (n, S)
         tgt = _padded(corpus.tgt, rows, tgt_len[start : start + chunk])  # (n, T)
         sentence = np.arange(len(rows), dtype=np.int64)[:, None]
         # a piece counts once per sentence pair however often it occurs there
@@ -92,7 +92,8 @@ def build(corpus: EncodedCorpus, src_vocab_size: int, tgt_vocab_size: int) -> di
     }
 
 
-def _padded(column: Any, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _padded(column: IdColumn, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The vocabulary ids of table rows `rows`, (n, longest), PAD after each row's `lengths` ids."""
     out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), PAD, dtype=np.int64)
     column.fill(out, rows, 0)
     return out
