@@ -178,8 +178,13 @@ def test_invalid_utf8_names_the_line(trained_checkpoint: Path, tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
-def test_translate_does_not_import_the_data_pipeline() -> None:
-    """`datasets` takes most of a second to import; nmt-translate must start without it."""
-    code = "import sys, nmt.translate; print(sorted(m for m in ('datasets', 'nmt.data') if m in sys.modules))"
+def test_translate_does_not_import_the_data_pipeline_or_the_compiler(trained_checkpoint: Path) -> None:
+    """`datasets` takes most of a second to import, torch._dynamo more: nmt-translate must start and
+    load its models without them (dynamo came with initializing an embedding on the meta device)."""
+    code = (
+        "import sys, pathlib, nmt.translate; from nmt.config import DecodeConfig; "
+        f"nmt.translate.Translator.from_checkpoints([pathlib.Path({str(trained_checkpoint)!r})], DecodeConfig()); "
+        "print(sorted(m for m in ('datasets', 'nmt.data', 'torch._dynamo') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
