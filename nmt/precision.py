@@ -12,7 +12,8 @@
 - The loss applies the output layer in the features' dtype and sums gradients in fp32 (`nmt.loss`).
 - fp16 training scales the loss (`grad_scaler`); bf16 needs no scaling.
 - int8 is dynamic quantization for CPU inference: linear and LSTM weights in int8, activations
-  quantized per call.
+  quantized per call; with a lexical shortlist each batch's rows of the output layer make an int8
+  layer of their own (`nmt.model.output_rows`: faster than keeping that layer in fp32).
 """
 
 from __future__ import annotations
