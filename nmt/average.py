@@ -2,7 +2,7 @@
 
     python -m nmt.average runs/ende/checkpoints/step-*.pt -o runs/ende/checkpoints/average.pt
 The checkpoints must share the model config and vocabularies; the output keeps the first one's
-config, BPE models and vocabularies, so `nmt-translate` loads it like any other. It holds weights
+config, BPE models, vocabularies and shortlist, so `nmt-translate` loads it like any other. It holds weights
 only, no training state: a run cannot be resumed from it.
 The output is refused, before any work, if it is one of the inputs, a folder, a file that is not
 a checkpoint, or cannot be written.
@@ -38,7 +38,8 @@ def average(checkpoints: list[dict[str, Any]], paths: list[Path]) -> dict[str, A
             )
         else:
             weights[name] = tensor
-    keep = ("format_version", "model_config", "data_config", *SHARED_KEYS[1:], "step")
+    # a shortlist comes from the run's training data and vocabularies, which the models share
+    keep = ("format_version", "model_config", "data_config", *SHARED_KEYS[1:], "step", "shortlist")
     return {
         **{key: first[key] for key in keep if key in first},
         "model": weights,

@@ -26,6 +26,7 @@ QUANTIZATIONS = ("none", "int8")
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 VALID_METRICS = ("bleu", "loss")
+SHORTLIST_WIDTH = 100  # target pieces stored per source piece in a lexical shortlist (nmt/shortlist.py)
 
 
 def field_default(item: dataclasses.Field) -> Any:
@@ -248,6 +249,15 @@ class DecodeConfig:
         16, "with mbr_utility: N candidates per sentence: the best N - mbr_samples of a beam search that wide, ..."
     )
     mbr_samples: int = option(0, "with mbr_utility: ... and mbr_samples draws, shaped by sampling_* and temperature")
+    shortlist: bool = option(
+        False,
+        "cut the output layer to each batch's lexical shortlist (stored in the checkpoint; python -m nmt.shortlist "
+        "adds one): faster, and the softmax is over the shortlist",
+    )
+    shortlist_per_source: int = option(
+        5, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})"
+    )
+    shortlist_frequent: int = option(1000, "with shortlist: the N target pieces most frequent in training, always in")
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
@@ -279,6 +289,18 @@ class DecodeConfig:
                 "left at its default without decode.sampling or decode.mbr_samples (it only shapes sampling)",
             )
         self._check_mbr()
+        _require(
+            1 <= self.shortlist_per_source <= SHORTLIST_WIDTH,
+            "decode.shortlist_per_source",
+            f"in [1, {SHORTLIST_WIDTH}]",
+        )
+        _require(self.shortlist_frequent >= 0, "decode.shortlist_frequent", ">= 0")
+        for key in SHORTLIST_KEYS:
+            _require(
+                self.shortlist or getattr(self, key) == DECODE_DEFAULTS[key],
+                f"decode.{key}",
+                "left at its default without decode.shortlist (it only shapes the shortlist)",
+            )
         _require(self.precision in PRECISIONS, "decode.precision", f"one of {PRECISIONS}")
         _require(
             self.precision != "fp16" or self.device.startswith("cuda"), "decode.precision", "fp32 or bf16 on the CPU"
@@ -314,6 +336,7 @@ class DecodeConfig:
 MBR_UTILITIES = ("none", "chrf", "bleu")
 SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "sampling_epsilon", "temperature", "seed")
 MBR_KEYS = ("mbr_candidates", "mbr_samples")  # they need decode.mbr_utility
+SHORTLIST_KEYS = ("shortlist_per_source", "shortlist_frequent")
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 

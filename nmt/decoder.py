@@ -25,8 +25,7 @@ from torch import nn
 
 from nmt.attention import Attention
 from nmt.dropout import Dropout
-from nmt.encoder import EncoderOutput
-from nmt.vocab import PAD
+from nmt.encoder import EncoderOutput, embedding
 
 
 class DecoderState(NamedTuple):
@@ -60,7 +59,7 @@ class Decoder(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
+        self.embed = embedding(vocab_size, embed_size)
         self.embed_gates = nn.Linear(embed_size, 4 * hidden_size)  # W_e, b
         self.recurrent_gates = nn.Linear(2 * hidden_size, 4 * hidden_size, bias=False)  # W_r for [h~; h]
         self.upper_cells = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size) for _ in range(num_layers - 1))

@@ -24,10 +24,17 @@ class EncoderOutput(NamedTuple):
     final_c: torch.Tensor  # (L, B, H)
 
 
+def embedding(vocab_size: int, embed_size: int) -> nn.Embedding:
+    """An embedding table left for its owner to initialize (Seq2Seq draws every weight uniformly):
+    nn.Embedding's own init, normal_, imports torch._dynamo (1.5 s) on the meta device, where
+    loading a checkpoint builds the model to check and take its weights."""
+    return nn.Embedding.from_pretrained(torch.empty(vocab_size, embed_size), freeze=False, padding_idx=PAD)
+
+
 class Encoder(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
+        self.embed = embedding(vocab_size, embed_size)
         self.dropout = Dropout(dropout)
         self.rnn = nn.LSTM(
             embed_size,

@@ -44,10 +44,14 @@ class Ensemble:
     def step(
         self, prev_tokens: torch.Tensor, state: EnsembleState, source: EnsembleSource
     ) -> tuple[torch.Tensor, EnsembleState, torch.Tensor]:
-        """Mean log-probs (B, V) and mean attention (B, S) of the models."""
+        """Mean log-probs (B, W) and mean attention (B, S) of the models."""
         outputs = [model.step(prev_tokens, *parts) for model, parts in zip(self.models, zip(state.parts, source.parts))]
         log_probs, states, attention = zip(*outputs)
         return torch.stack(log_probs).mean(dim=0), EnsembleState(states), torch.stack(attention).mean(dim=0)
+
+    def vocabulary(self, source: EnsembleSource) -> torch.Tensor | None:
+        """The models share one shortlist (`Translator.from_models`), so their columns are the first's."""
+        return self.models[0].vocabulary(source.parts[0])
 
 
 def check_compatible(checkpoints: list[dict[str, Any]], paths: list[Path]) -> None:

@@ -3,14 +3,18 @@
 `forward` scores a whole target sequence (training); `encode` and `step` serve search,
 with all search state held in `EncodedSource` and `DecoderState`, which reorder by
 `index_select` so beam search never needs to know the model's internals. `InferenceModel` is a
-model as search uses it: its token-gate table built once, carried in every `EncodedSource`.
+model as search uses it: its token-gate table built once, carried in every `EncodedSource`, and
+with a lexical shortlist (nmt/shortlist.py) the output layer cut to each batch's target pieces.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
@@ -19,16 +23,40 @@ from nmt.dropout import word_dropout
 from nmt.encoder import Encoder
 from nmt.vocab import PAD
 
+if TYPE_CHECKING:
+    from nmt.shortlist import Shortlist
+
+
+class OutputRows(NamedTuple):
+    """The output layer cut to a batch's shortlist: `ids` (U,) sorted target ids, `layer` maps
+    features (B, E or H) to their logits (B, U)."""
+
+    ids: torch.Tensor
+    layer: Callable[[torch.Tensor], torch.Tensor]
+
+
+def output_rows(weight: torch.Tensor, bias: torch.Tensor, ids: torch.Tensor) -> OutputRows:
+    """The rows `ids` of an output layer's weight and bias (`Seq2Seq.output_weights`), gathered
+    once for the steps of a batch; an int8 weight makes an int8 layer of them."""
+    if not weight.is_quantized:
+        return OutputRows(ids, functools.partial(F.linear, weight=weight[ids], bias=bias[ids]))
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear  # loaded by quantization already
+
+    layer = QuantizedLinear(weight.size(1), len(ids))
+    layer.set_weight_bias(weight.index_select(0, ids), bias[ids])
+    return OutputRows(ids, layer)
+
 
 class EncodedSource(NamedTuple):
     memory: torch.Tensor  # (B, S, H)
     keys: torch.Tensor  # (B, S, H), attention keys precomputed from memory
     mask: torch.Tensor  # (B, S), True on real tokens
     gate_table: torch.Tensor | None = None  # (V, 4H) every token's embedding gates (Decoder.gate_table), or None
+    output: OutputRows | None = None  # the batch's shortlist, or None for the whole vocabulary
 
     def index_select(self, order: torch.Tensor) -> EncodedSource:
         memory, keys, mask = (tensor.index_select(0, order) for tensor in (self.memory, self.keys, self.mask))
-        return EncodedSource(memory, keys, mask, self.gate_table)
+        return EncodedSource(memory, keys, mask, self.gate_table, self.output)
 
 
 class Seq2Seq(nn.Module):
@@ -71,6 +99,18 @@ class Seq2Seq(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(features)
 
+    def vocabulary(self, source: EncodedSource) -> torch.Tensor | None:
+        """The target ids of the columns of `step`'s log-probs: the batch's shortlist, or None for all."""
+        return None if source.output is None else source.output.ids
+
+    def output_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer's weight (V, E or H) and bias (V,): its parameters, or for an int8 layer
+        (nmt.precision) its int8 weight unpacked (a copy)."""
+        layer = self.output
+        if isinstance(layer, nn.Linear):
+            return layer.weight, layer.bias
+        return layer.weight(), layer.bias()
+
     def forward(
         self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -88,27 +128,41 @@ class Seq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One decoding step: prev_tokens (B,) -> log-probs (B, V) in fp32, new state, attention (B, S).
         `source` holds B sources, or one per group of B / len(source) consecutive rows (a beam).
-        With `reuse_logits` (no gradients) the log-probs are written over the logits."""
+        With `reuse_logits` (no gradients) the log-probs are written over the logits.
+        With a shortlist (`source.output`) they are (B, U), column j for token `source.output.ids[j]`,
+        and the softmax is over those U tokens, as in Marian."""
         hidden, state, attention = self.decoder(
             prev_tokens.unsqueeze(1), state, source.memory, source.keys, source.mask, source.gate_table
         )
-        logits = self.logits(self.output_proj(hidden.squeeze(1))).float()
+        layer = self.logits if source.output is None else source.output.layer
+        logits = layer(self.output_proj(hidden.squeeze(1))).float()
         log_probs = torch.log_softmax(logits, dim=-1, out=logits if reuse_logits else None)
         return log_probs, state, attention.squeeze(1)
 
 
 class InferenceModel:
     """A Seq2Seq as search uses it (a `SearchModel`): in eval mode, with the table of every token's
-    embedding gates built once, at construction, for the weights and precision it decodes with.
-    Build it inside the autocast context it will decode in; build a new one when the weights change."""
+    embedding gates built once, at construction, for the weights and precision it decodes with, and
+    with a `shortlist` the output layer cut to each batch's (the members of an ensemble share one,
+    so that they cut to the same tokens). Build it inside the autocast context it will decode in;
+    build a new one when the weights change."""
 
-    def __init__(self, model: Seq2Seq) -> None:
+    def __init__(self, model: Seq2Seq, shortlist: Shortlist | None = None) -> None:
         self.model = model.eval()
+        self.shortlist = shortlist
         with torch.no_grad():
             self.gate_table = model.decoder.gate_table()
+            # what batches cut their output layers from; int8 unpacks its weight here, once
+            self.output_weights = model.output_weights() if shortlist is not None else None
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[EncodedSource, DecoderState]:
-        return self.model.encode(src, src_len, self.gate_table)
+        source, state = self.model.encode(src, src_len, self.gate_table)
+        if self.shortlist is not None:
+            source = source._replace(output=output_rows(*self.output_weights, self.shortlist.vocabulary(src)))
+        return source, state
+
+    def vocabulary(self, source: EncodedSource) -> torch.Tensor | None:
+        return self.model.vocabulary(source)
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource

@@ -4,7 +4,9 @@ All take any `SearchModel`: `encode(src, src_len) -> (source, state)` and
 `step(prev_tokens, state, source) -> (log_probs, state, attention)`, where `source` and
 `state` reorder with `index_select`; beam search keeps one source per sentence for its K
 state rows (rows a * K .. a * K + K - 1 belong to sentence a), so `step` must accept a
-source per group of consecutive rows. Hypotheses are ranked by the GNMT score
+source per group of consecutive rows. The columns of the log-probs are the target tokens
+`vocabulary(source)` names (a lexical shortlist), or the whole vocabulary in order; tokens
+without a column cannot be chosen. Hypotheses are ranked by the GNMT score
 
     s(y | x) = log p(y | x) / lp(|y|) + cp(x, y)
     lp(n) = ((5 + n) / 6) ** alpha                      length penalty, |y| counting EOS
@@ -48,8 +50,36 @@ class SearchModel(Protocol):
         ...
 
     def step(self, prev_tokens: torch.Tensor, state: Any, source: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """prev_tokens (R,) -> log-probs (R, V) in fp32, next state, attention (R, S)."""
+        """prev_tokens (R,) -> log-probs (R, W) in fp32, next state, attention (R, S)."""
         ...
+
+    def vocabulary(self, source: Any) -> torch.Tensor | None:
+        """The target ids of the W columns of `step`'s log-probs for this encoded source, sorted
+        (a batch's shortlist), or None: all V tokens, column i for token i."""
+        ...
+
+
+class Columns:
+    """Which target token each column of a step's log-probs stands for (`SearchModel.vocabulary`)."""
+
+    def __init__(self, ids: torch.Tensor | None) -> None:
+        self.ids = ids  # (W,) sorted, or None for all tokens in order
+        self.eos = EOS if ids is None else int(torch.searchsorted(ids, EOS))
+        if ids is not None and (self.eos == len(ids) or int(ids[self.eos]) != EOS):
+            raise ValueError("a step's columns must include EOS, or no translation could end")
+
+    def tokens(self, columns: torch.Tensor) -> torch.Tensor:
+        return columns if self.ids is None else self.ids[columns]
+
+    def of(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (any shape) -> their columns, and whether each has one (same shape)."""
+        if self.ids is None:
+            return tokens, torch.ones_like(tokens, dtype=torch.bool)
+        columns = torch.searchsorted(self.ids, tokens).clamp(max=len(self.ids) - 1)
+        return columns, self.ids[columns] == tokens
+
+
+EVERY_TOKEN = Columns(None)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -68,36 +98,39 @@ def max_lengths(src_len: torch.Tensor, ratio: float, offset: int) -> torch.Tenso
     return (src_len.double() * ratio + 1e-9).floor().long() + offset
 
 
-def ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
-    """log_probs (R, V), history (R, t): a token that would complete an n-gram already in the row's
-    history gets -inf (in place)."""
+def ban_repeated_ngrams(
+    log_probs: torch.Tensor, history: torch.Tensor, n: int, columns: Columns = EVERY_TOKEN
+) -> torch.Tensor:
+    """log_probs (R, W), history (R, t) of tokens: a token that would complete an n-gram already in
+    the row's history gets -inf (in place)."""
     if n <= 0 or history.size(1) < n:
         return log_probs
     windows = history.unfold(1, n, 1)  # (R, t - n + 1, n), every n-gram so far
     suffix = history[:, history.size(1) - n + 1 :].unsqueeze(1)  # (R, 1, n - 1), what the next n-gram starts with
     rows, starts = (windows[:, :, :-1] == suffix).all(dim=2).nonzero(as_tuple=True)
-    log_probs[rows, windows[rows, starts, -1]] = float("-inf")
+    banned, present = columns.of(windows[rows, starts, -1])
+    log_probs[rows[present], banned[present]] = float("-inf")
     return log_probs
 
 
 def _constrain(
-    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, cfg: DecodeConfig
+    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, cfg: DecodeConfig, columns: Columns
 ) -> torch.Tensor:
-    """Apply min length, no-repeat n-grams and the length limit to a step's log_probs (R, V);
+    """Apply min length, no-repeat n-grams and the length limit to a step's log_probs (R, W);
     at_limit is per row, on the host, so steps that force nothing cost nothing."""
     limited = torch.tensor(at_limit, device=log_probs.device).nonzero().squeeze(1) if any(at_limit) else None
-    eos = log_probs[limited, EOS] if limited is not None else None  # before min length: the limit wins
+    eos = log_probs[limited, columns.eos] if limited is not None else None  # before min length: the limit wins
     if t < cfg.min_length:
-        log_probs[:, EOS] = float("-inf")
-    log_probs = ban_repeated_ngrams(log_probs, history, cfg.no_repeat_ngram)
+        log_probs[:, columns.eos] = float("-inf")
+    log_probs = ban_repeated_ngrams(log_probs, history, cfg.no_repeat_ngram, columns)
     if limited is not None:  # rows at their limit may only end
         log_probs[limited] = float("-inf")
-        log_probs[limited, EOS] = eos
+        log_probs[limited, columns.eos] = eos
     return log_probs
 
 
 def sample(log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of log_probs (R, V), drawn from the distribution at `cfg.temperature`, cut
+    """One column per row of log_probs (R, W), drawn from the distribution at `cfg.temperature`, cut
     to the `sampling_topk` most likely tokens (0 = all), to the fewest whose probability reaches
     `sampling_topp` (1 = all) and to those of probability at least `sampling_epsilon` (0 = all;
     epsilon sampling, Hewitt et al., 2022)."""
@@ -147,6 +180,7 @@ def greedy_search(
     per sentence."""
     device = src.device
     source, state = model.encode(src, src_len)
+    columns = Columns(model.vocabulary(source))
     limits = max_lengths(src_len, cfg.max_length_ratio, cfg.max_length_offset).tolist()
     batch = src.size(0)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=device)
@@ -159,9 +193,10 @@ def greedy_search(
     hypotheses: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
         step_log_probs, state, attention = model.step(prev, state, source)
-        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, cfg)
-        prev = sample(step_log_probs, cfg, generator) if cfg.sampling else step_log_probs.argmax(dim=1)
-        log_prob += step_log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)
+        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, cfg, columns)
+        chosen = sample(step_log_probs, cfg, generator) if cfg.sampling else step_log_probs.argmax(dim=1)
+        log_prob += step_log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        prev = columns.tokens(chosen)
         coverage += attention.float()
         ends = prev == EOS
         for a in ends.nonzero().squeeze(1).tolist():
@@ -197,6 +232,7 @@ def beam_search(
     """
     device, K = src.device, cfg.beam_size
     source, state = model.encode(src, src_len)
+    columns = Columns(model.vocabulary(source))
     batch = src.size(0)
     expand = torch.arange(batch, device=device).repeat_interleave(K)  # K rows a sentence, from the first step's end
     limits = max_lengths(src_len, cfg.max_length_ratio, cfg.max_length_offset).tolist()  # on the host: no sync per step
@@ -212,15 +248,17 @@ def beam_search(
     active = list(range(batch))  # original index of each active sentence
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
-        # (A*G, V), (A*G, S): G rows a sentence, one at the first step (its K beams are alike), else K
+        # (A*G, W), (A*G, S): G rows a sentence, one at the first step (its K beams are alike), else K
         log_probs, state, attention = model.step(prev, state, source)
         num_active, at_limit = len(active), [limit == t for limit in limits]
         rows_each = log_probs.size(0) // num_active
-        log_probs = _constrain(log_probs, t, [end for end in at_limit for _ in range(rows_each)], history, cfg)
-        # a sentence's best 2K of its K x V candidates are among the best 2K tokens of each of its
-        # rows, so the scores are added to K x 2K log-probs rather than K x V
+        at_limit_rows = [end for end in at_limit for _ in range(rows_each)]
+        log_probs = _constrain(log_probs, t, at_limit_rows, history, cfg, columns)
+        # a sentence's best 2K of its K x W candidates are among the best 2K tokens of each of its
+        # rows, so the scores are added to K x 2K log-probs rather than K x W
         per_row = min(2 * K, log_probs.size(1))
-        row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)  # (A*G, 2K)
+        row_log_probs, row_columns = log_probs.topk(per_row, dim=1)  # (A*G, 2K)
+        row_tokens = columns.tokens(row_columns)
         if t == 0:
             row_log_probs, row_tokens, attention = row_log_probs[expand], row_tokens[expand], attention[expand]
             state = state.index_select(expand)

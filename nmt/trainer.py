@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nmt import checkpoint
+from nmt import checkpoint, shortlist
 from nmt.batching import Batch, epoch_batches, make_batch
 from nmt.bpe_dropout import BpeDropout
 from nmt.config import Config, TrainConfig
@@ -117,6 +117,8 @@ class Trainer:
         p = cfg.data.bpe_dropout
         self.bpe_dropout = BpeDropout(data.src_pipeline, data.tgt_pipeline, p) if p else None
         self.progress = Progress()
+        # built from the training pairs once, stored in every checkpoint (for decode.shortlist)
+        self.shortlist = shortlist.build(data.train, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
         self.init_from: dict[str, Any] | None = None  # {"path", "step"} of the checkpoint this run started from
         self.stop_requested = False  # set from a signal handler: save and return after this update
         self._started, self._minutes_before = time.monotonic(), 0.0
@@ -156,12 +158,12 @@ class Trainer:
         return checkpoint.make(
             self.module, self.cfg.model, self.cfg.data, data.src_pipeline, data.tgt_pipeline,
             step=self.progress.step, train_config=dataclasses.asdict(self.cfg.train),
-            decode_config=dataclasses.asdict(self.cfg.decode),
+            decode_config=dataclasses.asdict(self.cfg.decode), shortlist=self.shortlist,
             **({"init_from": self.init_from} if self.init_from else {}), **extra,
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
-        record = validate(self.module, self.data, self.cfg, self.run.track)
+        record = validate(self.module, self.data, self.cfg, self.run.track, self.shortlist)
         self.model.train()
         return record
 

@@ -2,8 +2,9 @@
 
 `Translator.from_checkpoints(paths, cfg)` is the one way every front end (`nmt-translate`,
 `nmt.evaluate`, the service) builds a system: it loads and checks the checkpoints, moves the
-models to the device, quantizes them, builds their inference tables in the precision they decode
-in, and ensembles them. Validation during training builds one from the weights in training with
+models to the device, quantizes them or casts their weights to the precision they decode in,
+builds their inference tables in it, gives them the first checkpoint's shortlist if asked, and
+ensembles them. Validation during training builds one from the weights in training with
 `Translator.from_models`. Then `translate(lines)` tokenizes, batches by tokens, searches and
 detokenizes; with decode.mbr_utility it searches several candidates and returns the one of minimum
 Bayes risk (nmt.mbr).
@@ -15,19 +16,21 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from nmt import checkpoint, mbr
+from nmt import checkpoint, mbr, shortlist
 from nmt.alignment import AttentionMap, attention_maps, format_alignment
 from nmt.batching import length_batches
-from nmt.config import DecodeConfig
+from nmt.config import SHORTLIST_KEYS, DecodeConfig
 from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import LineError
 from nmt.model import InferenceModel, Seq2Seq
-from nmt.precision import autocast, quantize_int8
+from nmt.precision import DTYPES, autocast, cast_weights, quantize_int8
 from nmt.search import Hypothesis, SearchModel, search
+from nmt.shortlist import Shortlist
 from nmt.tokenization import TextPipeline
 from nmt.vocab import UNK, pad
 
@@ -68,31 +71,48 @@ class Translator:
             torch.set_num_threads(cfg.threads)
         checkpoints = [checkpoint.load(path) for path in paths]
         check_compatible(checkpoints, list(paths))
-        restored = [checkpoint.restore(state, path) for state, path in zip(checkpoints, paths)]
+        # the vocabularies are the same, so the first checkpoint's shortlist serves every model
+        table = shortlist.stored(checkpoints[0], paths[0], cfg.shortlist_per_source) if cfg.shortlist else None
+        restored = [checkpoint.restore(state, path, checked=True) for state, path in zip(checkpoints, paths)]
         _, src, tgt, _ = restored[0]
-        return cls.from_models([model for model, _, _, _ in restored], src, tgt, cfg)
+        return cls.from_models([model for model, _, _, _ in restored], src, tgt, cfg, table)
 
     @classmethod
     def from_models(
-        cls, models: Sequence[Seq2Seq], src_pipeline: TextPipeline, tgt_pipeline: TextPipeline, cfg: DecodeConfig
+        cls,
+        models: Sequence[Seq2Seq],
+        src_pipeline: TextPipeline,
+        tgt_pipeline: TextPipeline,
+        cfg: DecodeConfig,
+        table: dict[str, Any] | None = None,
     ) -> Translator:
-        """Models on cfg.device, quantized as cfg.quantize says, with their inference tables built in
-        cfg.precision; several are ensembled. The given models are moved and put in eval mode."""
+        """Models on cfg.device, quantized as cfg.quantize says or with their weights in
+        cfg.precision, with their inference tables built in it; several are ensembled. With
+        cfg.shortlist their output layers are cut by the shortlist `table` (as `nmt.shortlist.build`
+        makes it). The given models are moved and put in eval mode."""
         device = torch.device(cfg.device)
+        cut = None
+        if cfg.shortlist:
+            if table is None:
+                raise ValueError("decode.shortlist is set: give from_models the shortlist table")
+            cut = Shortlist(table, cfg.shortlist_per_source, cfg.shortlist_frequent, device)
         prepared = []
         for model in models:
             model = model.to(device).eval()
             if cfg.quantize == "int8":
                 model = quantize_int8(model)
+            elif cfg.precision in DTYPES:
+                # the encoder runs once a batch, and autocast runs its packed LSTM in fp32 on the CPU
+                model = cast_weights(model, cfg.precision, keep=model.encoder)
             with autocast(cfg.precision, device):
-                prepared.append(InferenceModel(model))
+                prepared.append(InferenceModel(model, cut))
         search_model = prepared[0] if len(prepared) == 1 else Ensemble(prepared)
         return cls(search_model, src_pipeline, tgt_pipeline, cfg)
 
     def with_options(self, **changes: object) -> Translator:
         """The same models and pipelines searching with other settings, checked as any DecodeConfig;
         for what inference itself depends on (device, precision, quantization) build another."""
-        fixed = {"device", "precision", "quantize", "threads"} & changes.keys()
+        fixed = {"device", "precision", "quantize", "threads", "shortlist", *SHORTLIST_KEYS} & changes.keys()
         if fixed:
             raise ValueError(f"{sorted(fixed)} are set when the models are loaded: build another Translator")
         return Translator(self.model, self.src_pipeline, self.tgt_pipeline, dataclasses.replace(self.cfg, **changes))

@@ -39,15 +39,20 @@ def validation_loss(model: Seq2Seq, corpus: EncodedCorpus, batch_tokens: int, pr
     return nll / max(tokens, 1)
 
 
-def validate(model: Seq2Seq, data: PreparedData, cfg: Config, track: Track) -> dict[str, float]:
+def validate(
+    model: Seq2Seq, data: PreparedData, cfg: Config, track: Track, shortlist: dict[str, Any] | None = None
+) -> dict[str, float]:
     """valid_loss and valid_ppl; with train.valid_metric=bleu also valid_bleu and valid_chrf.
+    `shortlist`: the table the checkpoints get (`nmt.shortlist.build`), for decode.shortlist.
     Leaves the model in eval mode."""
     model.eval()
     loss = validation_loss(model, data.val, cfg.train.batch_tokens, cfg.train.precision)
     record = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 100.0))}
     if cfg.train.valid_metric == "bleu":
         # a new engine each time: its inference tables belong to these weights
-        translator = Translator.from_models([model], data.src_pipeline, data.tgt_pipeline, cfg.validation_decode())
+        translator = Translator.from_models(
+            [model], data.src_pipeline, data.tgt_pipeline, cfg.validation_decode(), shortlist
+        )
         try:
             results = translator.translate(data.val.src_text, lambda batches: track(batches, "validation"))
         except LineError as error:

@@ -143,12 +143,14 @@ def train(venv: Path, work: Path, minutes: float) -> dict:
     }
 
 
-def translate(venv: Path, work: Path, batch: list[str], references: list[str], pipeline: TextPipeline) -> dict:
-    """Beam 5 over the test set from the last checkpoint; its output detokenized as ours is."""
+def translate(
+    venv: Path, work: Path, batch: list[str], references: list[str], pipeline: TextPipeline, beam: int = 5
+) -> dict:
+    """The test set at `beam` from the last checkpoint; its output detokenized as ours is."""
     checkpoints = sorted(work.glob("model_step_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[1]))
     output, log = work / "test.hyp", work / "translate.log"
     command = [venv / "bin/onmt_translate", "-model", checkpoints[-1], "-src", work / "test.src"]
-    command += ["-output", output, "-beam_size", "5", "-report_time", *batch]
+    command += ["-output", output, "-beam_size", str(beam), "-report_time", *batch]
     start = time.perf_counter()
     # its checkpoints pickle an argparse.Namespace, which torch >= 2.6 refuses to load by default
     rss = run(command, log, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})

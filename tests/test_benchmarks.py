@@ -29,7 +29,7 @@ def test_bench_train_prints_throughput_flops_and_memory(multi30k_dir):
     assert report["tgt_tokens_per_s"] > 0 and report["mfu_vs_fp32_peak"] > 0
 
 
-def test_bench_decode_prints_one_object_per_setting(trained_checkpoint, tmp_path):
+def test_bench_decode_prints_the_frontier_the_grid_and_the_process(trained_checkpoint, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     from nmt.synthetic import generate_split
@@ -37,10 +37,29 @@ def test_bench_decode_prints_one_object_per_setting(trained_checkpoint, tmp_path
     src, tgt = generate_split("test", 3000, 1234)
     (data_dir / "test.src.gz").write_bytes(gzip.compress(("\n".join(src[:30]) + "\n").encode()))
     (data_dir / "test.tgt.gz").write_bytes(gzip.compress(("\n".join(tgt[:30]) + "\n").encode()))
-    reports = run_script(
-        "scripts/bench_decode.py", str(trained_checkpoint), "--data-dir", str(data_dir), "--split", "test",
-        "--baseline-sentences", "5", "--settings", "2-fp32,1-int8",
+    common = ["scripts/bench_decode.py", str(trained_checkpoint), "--data-dir", str(data_dir), "--split", "test"]
+    reports = run_script(*common, "--settings", "2-fp32,1-int8-sl", "--baseline-sentences", "5",
+                         "--plot", str(tmp_path / "frontier.png"))  # fmt: skip
+    fp32, int8, start, process = reports
+    assert (fp32["setting"], int8["setting"]) == ("2-fp32", "1-int8-sl") and not fp32["shortlist"]
+    for report in (fp32, int8):
+        assert report["sentences_per_second"] > 0 and report["peak_rss_mb"] > 0 and "bleu" in report
+    assert int8["shortlist"] and int8["mean_shortlist_size"] > 0 and "baseline_sentences_per_s" in int8
+    assert start["import_nmt_translate_seconds"] > 0
+    fastest = max((fp32, int8), key=lambda report: report["sentences_per_second"])
+    assert process["setting"].endswith(fastest["setting"]) and process["sentences"] == 30
+    assert ("--shortlist" in process["command"]) == fastest["shortlist"]
+    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+
+    grid = run_script(*common, "--grid", "1,3:0,20")
+    assert [report["shortlist_k_n"] for report in grid] == [None, [1, 0], [1, 20], [3, 0], [3, 20]]
+    assert grid[0]["bleu_change"] == 0 and all("size_1_sentences" in report for report in grid[1:])
+    assert grid[1]["size_decoding_batches"] <= grid[4]["size_decoding_batches"], "more candidates, more pieces"
+
+
+def test_bench_decode_takes_the_peer_only_on_its_test_split(trained_checkpoint):
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_decode.py", str(trained_checkpoint), "--peer-venv", "/nonexistent",
+         "--split", "val"], capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
-    assert len(reports) >= 2
-    for report in reports[:2]:
-        assert report["sentences_per_second"] > 0 and "bleu" in report
+    assert result.returncode == 2 and "test_2016_flickr" in result.stderr

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from nmt.config import (
     MBR_KEYS,
     SAMPLING_KEYS,
+    SHORTLIST_KEYS,
     VALIDATION_OVERRIDES,
     Config,
     DataConfig,
@@ -162,8 +163,12 @@ def non_default_value(name: str) -> object:
 
 def enabling(name: str) -> dict[str, object]:
     """The setting a decode key needs to take another value than its default: the sampling keys
-    shape sampling, the MBR keys MBR."""
-    return {"sampling": True} if name in SAMPLING_KEYS else {"mbr_utility": "chrf"} if name in MBR_KEYS else {}
+    shape sampling, the MBR keys MBR, the shortlist keys the shortlist."""
+    if name in SAMPLING_KEYS:
+        return {"sampling": True}
+    if name in MBR_KEYS:
+        return {"mbr_utility": "chrf"}
+    return {"shortlist": True} if name in SHORTLIST_KEYS else {}
 
 
 def test_every_decode_key_is_a_translate_flag_with_its_help():
@@ -212,10 +217,15 @@ def test_training_uses_every_decode_key_for_validation_or_rejects_it(key):
     assert getattr(cfg.validation_decode(), key) == value
 
 
-def test_sampling_settings_without_sampling_are_refused():
+def test_sampling_and_shortlist_settings_without_their_switch_are_refused():
     with pytest.raises(NmtError, match="decode.temperature must be left at its default without decode.sampling"):
         DecodeConfig(temperature=0.5)
     assert DecodeConfig(sampling=True, temperature=0.5).temperature == 0.5
+    with pytest.raises(NmtError, match="decode.shortlist_frequent must be left at its default without decode.short"):
+        DecodeConfig(shortlist_frequent=10)
+    assert DecodeConfig(shortlist=True, shortlist_frequent=10).shortlist_frequent == 10
+    with pytest.raises(NmtError, match=r"decode.shortlist_per_source must be in \[1, 100\]"):
+        DecodeConfig(shortlist=True, shortlist_per_source=101)
 
 
 def test_training_refuses_a_validation_search_it_cannot_run():

@@ -13,9 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_train
 
-from nmt import checkpoint, metrics, synthetic, translate
+from nmt import checkpoint, metrics, shortlist, synthetic, translate
 from nmt.cache import prepare
 from nmt.config import DecodeConfig, EvaluateConfig, from_flags
 from nmt.evaluate import run as evaluate
@@ -96,12 +97,18 @@ def test_bf16_and_int8_decoding_agree_with_fp32_on_a_trained_model(good_run: Pat
 
 def test_validation_bleu_is_evaluate_on_val_with_the_same_decode_settings(good_run: Path, tmp_path: Path) -> None:
     """What is tuned on val is what runs on test: validation goes through the same engine."""
-    # translations cut at half the source length: a search setting that must show in the score
+    # translations cut at half the source length: a search setting that must show in the score; and a
+    # small shortlist, the table training builds from its data, as the checkpoint stores it
     settings = {"length_penalty": 0.6, "max_length_ratio": 0.5, "max_length_offset": 0}
+    settings |= {"shortlist": True, "shortlist_per_source": 3, "shortlist_frequent": 50}
     cfg = compose_train(["train.valid_beam_size=3", *(f"decode.{key}={value}" for key, value in settings.items())])
     best = good_run / "checkpoints" / "best.pt"
-    model, _, _, _ = checkpoint.restore(checkpoint.load(best), best)
-    record = validate(model, prepare(cfg.data), cfg, lambda batches, description: batches)
+    state = checkpoint.load(best)
+    model, _, _, _ = checkpoint.restore(state, best)
+    data = prepare(cfg.data)
+    table = shortlist.build(data.train, data.src_pipeline.vocab_size, data.tgt_pipeline.vocab_size)
+    assert all(torch.equal(table[key], state["shortlist"][key]) for key in ("per_source", "frequent"))
+    record = validate(model, data, cfg, lambda batches, description: batches, table)
 
     search = DecodeConfig(beam_size=3, **settings)
     report = evaluate(EvaluateConfig(checkpoint=str(best), data=cfg.data, decode=search, split="val"), tmp_path)

@@ -83,6 +83,9 @@ class ScriptedModel:
         self.step_rows.append(len(rows))
         return torch.tensor(rows), FakeState(fed), attention
 
+    def vocabulary(self, source: FakeSource) -> None:
+        return None  # every token has its column
+
 
 def scripted(table: dict[tuple[int, ...], dict[int, float]]) -> ScriptedModel:
     """Distributions by prefix; prefixes the test does not care about can only end."""
@@ -405,6 +408,69 @@ def test_greedy_gives_each_sentence_the_same_result_batched_or_alone() -> None:
     for row, hypotheses in enumerate(batched):
         (alone,) = greedy(ScriptedModel(hashed_next_tokens), one_sentence(batch, row), alpha=0.6, offset=2)
         assert hypotheses == alone
+
+
+class Shortlisted:
+    """A model that gives log-probs only for the tokens `ids`, as with a lexical shortlist, or with
+    `narrow=False` for every token, -inf outside `ids` (the same distribution, full width)."""
+
+    def __init__(self, model: ScriptedModel, ids: list[int], narrow: bool) -> None:
+        self.model, self.ids, self.narrow = model, torch.tensor(ids), narrow
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[FakeSource, FakeState]:
+        return self.model.encode(src, src_len)
+
+    def step(self, prev: torch.Tensor, state: FakeState, source: FakeSource) -> tuple:
+        log_probs, state, attention = self.model.step(prev, state, source)
+        if self.narrow:
+            return log_probs[:, self.ids], state, attention
+        outside = torch.ones(log_probs.size(1), dtype=torch.bool).index_fill(0, self.ids, False)
+        return log_probs.masked_fill(outside, -math.inf), state, attention
+
+    def vocabulary(self, source: FakeSource) -> torch.Tensor | None:
+        return self.ids if self.narrow else None
+
+
+@pytest.mark.parametrize(
+    "ids", [[UNK, EOS, A, B], [EOS, B], [PAD, UNK, BOS, EOS, B]], ids=["all", "no A", "no A no UNK"]
+)
+@pytest.mark.parametrize(
+    "decode",
+    [
+        {"beam_size": 3},
+        {"beam_size": 1},
+        {"beam_size": 4, "no_repeat_ngram": 2, "min_length": 2},
+        {"beam_size": 2, "min_length": 9},
+    ],
+    ids=["beam", "greedy", "constraints", "limit over min_length"],
+)
+def test_a_step_over_some_tokens_searches_as_one_over_all_with_the_rest_impossible(
+    ids: list[int], decode: dict
+) -> None:
+    """Columns for the tokens of `vocabulary(source)` only: the same hypotheses and scores as the
+    full width with -inf outside them; whatever a constraint bans or forces, by token."""
+    batch = sources(3, 1, 6, 2)
+    search = beam if decode["beam_size"] > 1 else greedy
+    options = {key: value for key, value in decode.items() if key != "beam_size"}
+    sizes = {"beam_size": decode["beam_size"], "nbest": decode["beam_size"]} if search is beam else {}
+
+    def run(narrow: bool) -> list[list[Hypothesis]]:
+        return search(Shortlisted(ScriptedModel(hashed_next_tokens), ids, narrow), batch, offset=3, **sizes, **options)
+
+    narrow, wide = run(True), run(False)
+    assert narrow == wide
+    assert {token for hyps in narrow for hyp in hyps for token in hyp.tokens} <= set(ids) - {EOS}
+    if decode.get("min_length") == 9:
+        assert all(len(hyp.tokens) <= 3 * 1 + 3 for hyp in narrow[0]), "the limit still forces EOS"
+
+
+def test_sampling_draws_only_the_tokens_of_the_step_s_columns() -> None:
+    cfg = DecodeConfig(sampling=True, temperature=2.0, seed=0)
+    src, src_len = sources(3, 1, 6, 2)
+    model = Shortlisted(ScriptedModel(hashed_next_tokens), [UNK, EOS, B], narrow=True)
+    drawn = greedy_search(model, src, src_len, cfg, torch.Generator().manual_seed(0))
+    tokens = {token for hyps in drawn for token in hyps[0].tokens}
+    assert tokens and tokens <= {UNK, B}
 
 
 EXHAUSTIVE_CHOICES = (UNK, A)  # ordinary tokens; PAD and BOS get no probability

@@ -17,7 +17,8 @@ from nmt import checkpoint, synthetic
 from nmt import translator as translator_module
 from nmt.config import DecodeConfig
 from nmt.errors import NmtError
-from nmt.precision import quantize_int8
+from nmt.model import InferenceModel
+from nmt.precision import autocast, quantize_int8
 from nmt.search import Hypothesis
 from nmt.translator import Translation, Translator
 from nmt.vocab import UNK
@@ -112,6 +113,21 @@ def test_int8_quantization_replaces_the_layers_and_leaves_the_original(restored:
     assert not isinstance(model.output, dynamic.Linear), "the original is untouched"
 
 
+def test_bf16_holds_bf16_weights_and_translates_as_autocast_over_fp32_weights(
+    restored: tuple, test_lines: list[str]
+) -> None:
+    model, src, tgt, _ = restored
+    cfg = DecodeConfig(beam_size=3, nbest=2, precision="bf16")
+    translator = Translator.from_models([model], src, tgt, cfg)
+    held = translator.model.model
+    assert held.decoder.recurrent_gates.weight.dtype == held.output.weight.dtype == torch.bfloat16
+    assert held.encoder.rnn.weight_hh_l0 is model.encoder.rnn.weight_hh_l0, "the encoder's fp32 weights are shared"
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "the original is untouched"
+    with autocast("bf16", torch.device("cpu")):  # autocast casting the fp32 weights at every call
+        recasting = Translator(InferenceModel(model), src, tgt, cfg)
+    assert translator.translate(test_lines) == recasting.translate(test_lines)
+
+
 def test_sampling_repeats_with_a_seed_and_varies_without(restored: tuple, test_lines: list[str]) -> None:
     model, src, tgt, _ = restored
 
@@ -189,8 +205,13 @@ def test_invalid_utf8_names_the_line(trained_checkpoint: Path, tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
-def test_translate_does_not_import_the_data_pipeline() -> None:
-    """`datasets` takes most of a second to import; nmt-translate must start without it."""
-    code = "import sys, nmt.translate; print(sorted(m for m in ('datasets', 'nmt.data') if m in sys.modules))"
+def test_translate_does_not_import_the_data_pipeline_or_the_compiler(trained_checkpoint: Path) -> None:
+    """`datasets` takes most of a second to import, torch._dynamo more: nmt-translate must start and
+    load its models without them (dynamo came with initializing an embedding on the meta device)."""
+    code = (
+        "import sys, pathlib, nmt.translate; from nmt.config import DecodeConfig; "
+        f"nmt.translate.Translator.from_checkpoints([pathlib.Path({str(trained_checkpoint)!r})], DecodeConfig()); "
+        "print(sorted(m for m in ('datasets', 'nmt.data', 'torch._dynamo') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
