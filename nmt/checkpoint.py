@@ -170,8 +170,7 @@ def restore(
     with torch.device("meta"):
         model = Seq2Seq(model_cfg, src.vocab_size, tgt.vocab_size)
     model.load_state_dict(checkpoint["model"], assign=True)
-    if model_cfg.tie_embeddings:  # assigning made two parameters of the one stored tensor
-        model.output.weight = model.decoder.embed.weight
+    model.tie(model_cfg)  # assigning made a parameter of each name, tied or not
     return model.eval(), src, tgt, model_cfg
 
 

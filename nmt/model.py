@@ -76,15 +76,21 @@ class Seq2Seq(nn.Module):
         self.output = nn.Linear(cfg.embed_size if cfg.tie_embeddings else cfg.hidden_size, tgt_vocab_size)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -0.1, 0.1)
-        if cfg.tie_embeddings:
-            self.output.weight = self.decoder.embed.weight
-        if cfg.share_embeddings:  # with tie_embeddings: three-way tying (Press & Wolf, 2017)
-            if src_vocab_size != tgt_vocab_size:
-                raise ValueError("shared embeddings need one vocabulary for both sides")
-            self.encoder.embed.weight = self.decoder.embed.weight
+        if cfg.share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError("shared embeddings need one vocabulary for both sides")
+        self.tie(cfg)
         with torch.no_grad():
             self.encoder.embed.weight[PAD].zero_()
             self.decoder.embed.weight[PAD].zero_()
+
+    def tie(self, cfg: ModelConfig) -> None:
+        """Make the tied weights one parameter: the decoder's embedding is the output layer's
+        (tie_embeddings) and the encoder's (share_embeddings; with both, three-way tying, Press &
+        Wolf, 2017). Needed again after load_state_dict(assign=True), which gives each name its own."""
+        if cfg.tie_embeddings:
+            self.output.weight = self.decoder.embed.weight
+        if cfg.share_embeddings:
+            self.encoder.embed.weight = self.decoder.embed.weight
 
     def encode(
         self, src: torch.Tensor, src_len: torch.Tensor, gate_table: torch.Tensor | None = None
