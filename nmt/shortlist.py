@@ -223,14 +223,18 @@ def add_to_checkpoint(path: Path, output: Path | None, data_dir: str = "") -> di
     return state["shortlist"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nmt.shortlist", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("-o", "--output", type=Path, help="the checkpoint with its shortlist, a new file")
     where.add_argument("--in-place", action="store_true", help="replace the checkpoint itself (atomically)")
     parser.add_argument("--data-dir", default="", help="the corpus folder, if not the one its data config names")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     table = exit_on_user_error(lambda: add_to_checkpoint(args.checkpoint, args.output, args.data_dir))
     per_source = table["per_source"]
     print(

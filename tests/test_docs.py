@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from nmt import average, checkpoint, plot, serve, synthetic, translate
+from nmt import average, checkpoint, plot, serve, shortlist, synthetic, translate
 from nmt.config import DataConfig, DecodeConfig, ModelConfig, ServeConfig, from_flags, register_configs
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
@@ -40,6 +40,7 @@ ARGPARSE_ENTRIES: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "nmt.average": average.parser,
     "nmt.plot": plot.parser,
     "nmt.synthetic": synthetic.parser,
+    "nmt.shortlist": shortlist.parser,
 }
 CONSOLE_SCRIPTS = {"nmt-translate": "nmt.translate", "nmt-serve": "nmt.serve"}
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p"}
