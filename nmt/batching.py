@@ -21,7 +21,7 @@ from nmt.vocab import BOS, EOS, PAD
 
 if TYPE_CHECKING:  # nmt.data brings pyarrow, which translation does not need
     from nmt.bpe_dropout import BpeDropout
-    from nmt.data import EncodedCorpus
+    from nmt.data import EncodedCorpus, IdColumn
 
 
 def index_dtype(size: int) -> type[np.signedinteger]:
@@ -107,16 +107,20 @@ def epoch_batches(corpus: EncodedCorpus, batch_tokens: int, seed: int, epoch: in
     return plan_batches(src_len, tgt_len, batch_tokens, np.random.default_rng([seed, epoch]))
 
 
+def padded_ids(column: IdColumn, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The ids of table rows `rows` of a column, (n, longest of `lengths`), PAD after each row's ids."""
+    ids = np.full((len(rows), int(lengths.max(initial=0))), PAD, dtype=np.int64)
+    column.fill(ids, rows, first=0)
+    return ids
+
+
 def make_batch(corpus: EncodedCorpus, indices: np.ndarray, bpe_dropout: BpeDropout | None = None) -> Batch:
     """The padded batch of examples `indices`, gathered from the table with numpy; `bpe_dropout`
     splits its subwords (training)."""
     indices = np.asarray(indices, dtype=np.int64)
     rows = corpus.rows[indices]
     src_len, tgt_len = corpus.src_len[indices].astype(np.int64), corpus.tgt_len[indices].astype(np.int64)
-    src = np.full((len(rows), src_len.max(initial=0)), PAD, dtype=np.int64)
-    corpus.src.fill(src, rows, first=0)
-    tgt = np.full((len(rows), tgt_len.max(initial=0)), PAD, dtype=np.int64)
-    corpus.tgt.fill(tgt, rows, first=0)
+    src, tgt = padded_ids(corpus.src, rows, src_len), padded_ids(corpus.tgt, rows, tgt_len)
     # pages read from a memory-mapped table would otherwise add up to the whole corpus over an epoch
     corpus.release()
     if bpe_dropout is not None:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from nmt import checkpoint
+from nmt.batching import padded_ids
 from nmt.config import SHORTLIST_WIDTH as WIDTH
 from nmt.config import DataConfig
 from nmt.errors import NmtError, exit_on_user_error
@@ -42,7 +43,7 @@ from nmt.files import check_distinct
 from nmt.vocab import EOS, PAD, SPECIAL_TOKENS
 
 if TYPE_CHECKING:  # the data pipeline stays out of nmt-translate's imports
-    from nmt.data import EncodedCorpus, IdColumn
+    from nmt.data import EncodedCorpus
 
 VERSION = 1  # bump when what the stored table means changes
 PAIR_BUDGET = 1 << 22  # (sentence, source position, target position) triples looked at in one chunk
@@ -62,8 +63,8 @@ def build(corpus: EncodedCorpus, src_vocab_size: int, tgt_vocab_size: int) -> di
     chunk = max(PAIR_BUDGET // longest, 1)
     for start in range(0, len(corpus), chunk):
         rows = corpus.rows[start : start + chunk]
-        src = _padded(corpus.src, rows, src_len[start : start + chunk])  # (n, S)
-        tgt = _padded(corpus.tgt, rows, tgt_len[start : start + chunk])  # (n, T)
+        src = padded_ids(corpus.src, rows, src_len[start : start + chunk])  # (n, S)
+        tgt = padded_ids(corpus.tgt, rows, tgt_len[start : start + chunk])  # (n, T)
         sentence = np.arange(len(rows), dtype=np.int64)[:, None]
         # a piece counts once per sentence pair however often it occurs there
         src_pairs += np.bincount(_present(src, sentence, src_vocab_size), minlength=src_vocab_size)
@@ -90,13 +91,6 @@ def build(corpus: EncodedCorpus, src_vocab_size: int, tgt_vocab_size: int) -> di
         "per_source": torch.from_numpy(per_source),
         "frequent": torch.from_numpy(frequent.astype(np.int32)),
     }
-
-
-def _padded(column: IdColumn, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The vocabulary ids of table rows `rows`, (n, longest), PAD after each row's `lengths` ids."""
-    out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), PAD, dtype=np.int64)
-    column.fill(out, rows, 0)
-    return out
 
 
 def _present(ids: np.ndarray, sentence: np.ndarray, vocab_size: int) -> np.ndarray:
