@@ -309,6 +309,13 @@ class DecodeConfig:
         _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
         _require(self.threads >= 0, "decode.threads", ">= 0")
 
+    def search_rows(self) -> int:
+        """The search rows a sentence holds at once: its beam, one draw, or with MBR the wider of the
+        candidates' beam and their draws (they are searched one after the other)."""
+        if self.mbr_utility != "none":
+            return max(self.mbr_candidates - self.mbr_samples, self.mbr_samples)
+        return 1 if self.sampling else self.beam_size
+
     def _check_mbr(self) -> None:
         _require(self.mbr_utility in MBR_UTILITIES, "decode.mbr_utility", f"one of {MBR_UTILITIES}")
         if self.mbr_utility == "none":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import threading
@@ -68,6 +69,7 @@ class Pending:
 
     texts: list[str]
     options: tuple[tuple[str, Any], ...]  # its REQUEST_OPTIONS, sorted: requests alike share a search
+    cost: int  # roughly its search rows x source tokens in a batch (words stand for subwords)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -161,13 +163,14 @@ class Worker:
             thread.start()
 
     def submit(self, texts: list[str], options: dict[str, Any]) -> Pending:
+        rows = dataclasses.replace(self.decode, **options).search_rows()  # an MBR model's rows count in full
+        pending = Pending(texts, tuple(sorted(options.items())), rows * sum(len(t.split()) + 2 for t in texts))
         with self._changed:
             if self._sentences + len(texts) > self.cfg.max_queue:
                 raise ServiceError(
                     429, f"the queue of model {self.name!r} is full ({self.cfg.max_queue} sentences); retry later",
                     {"Retry-After": "1"},
                 )  # fmt: skip
-            pending = Pending(texts, tuple(sorted(options.items())))
             self._waiting.append(pending)
             self._count(len(texts))
             self._changed.notify()
@@ -198,11 +201,6 @@ class Worker:
         self._sentences += change
         self.metrics.queue.labels(self.name).set(self._sentences)
 
-    def _cost(self, pending: Pending) -> int:
-        """Roughly the search rows x source tokens a request adds to a batch (words stand for subwords)."""
-        beam = dict(pending.options).get("beam_size") or self.decode.beam_size
-        return beam * sum(len(text.split()) + 2 for text in pending.texts)
-
     def _take(self) -> list[Pending]:
         """Wait for a request, then up to max_wait_ms for others, and take about one batch's worth."""
         with self._changed:
@@ -210,16 +208,16 @@ class Worker:
                 self._changed.wait()
             deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
             while (left := deadline - time.monotonic()) > 0 and not self._stopping:
-                if sum(self._cost(p) for p in self._waiting) >= self.decode.batch_tokens:
+                if sum(p.cost for p in self._waiting) >= self.decode.batch_tokens:
                     break
                 self._changed.wait(left)
             taken, budget = [], self.decode.batch_tokens
-            while self._waiting and (not taken or budget >= self._cost(self._waiting[0])):
+            while self._waiting and (not taken or budget >= self._waiting[0].cost):
                 pending = self._waiting.popleft()
                 self._count(-len(pending.texts))
                 if pending.future.set_running_or_notify_cancel():  # False: its client is gone
                     taken.append(pending)
-                    budget -= self._cost(pending)
+                    budget -= pending.cost
             return taken
 
     def _run(self, connection: Connection) -> None:

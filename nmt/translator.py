@@ -125,7 +125,7 @@ class Translator:
         nonempty = np.flatnonzero(lengths > 0)
         # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
         with autocast(self.cfg.precision, self.device):
-            for batch in track(length_batches(lengths[nonempty] * search_rows(self.cfg), self.cfg.batch_tokens)):
+            for batch in track(length_batches(lengths[nonempty] * self.cfg.search_rows(), self.cfg.batch_tokens)):
                 indices = nonempty[batch]
                 batch_ids = [src_ids[i] for i in indices]
                 src = pad(batch_ids).to(self.device)
@@ -184,14 +184,6 @@ class Translator:
         )
         unk = self.tgt_pipeline.vocab.pieces[UNK]
         return [next(copies) if word == unk else word for word in words]
-
-
-def search_rows(cfg: DecodeConfig) -> int:
-    """The search rows a sentence holds at once: its beam, one draw, or with MBR the wider of the
-    candidates' beam and their draws (they are searched one after the other)."""
-    if cfg.mbr_utility != "none":
-        return max(cfg.mbr_candidates - cfg.mbr_samples, cfg.mbr_samples)
-    return 1 if cfg.sampling else cfg.beam_size
 
 
 def format_translations(

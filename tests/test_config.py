@@ -326,3 +326,16 @@ def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
     with pytest.raises(Built) as built:
         evaluate.run(cfg, Path("unused"))
     assert getattr(built.value.args[0], key) == value and built.value.args[0] == cfg.decode
+
+
+@pytest.mark.parametrize(
+    ("settings", "rows"),
+    [
+        ({"beam_size": 5}, 5),
+        ({"beam_size": 5, "sampling": True}, 1),  # a draw is one row, whatever the beam
+        ({"mbr_utility": "chrf", "mbr_candidates": 16}, 16),  # the candidates' beam
+        ({"mbr_utility": "chrf", "mbr_candidates": 16, "mbr_samples": 12}, 12),  # the draws, searched after a beam of 4
+    ],
+)
+def test_search_rows_count_what_a_sentence_holds_in_a_batch(settings, rows):
+    assert DecodeConfig(**settings).search_rows() == rows

@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_config
 from fastapi.testclient import TestClient
 
-from nmt import serve, synthetic
+from nmt import serve, service, synthetic
 from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
 from nmt.service import create_app
 from nmt.translator import Translator
@@ -256,6 +256,19 @@ def test_every_bad_request_is_a_json_error(client: TestClient, body: bytes, stat
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
     assert client.post("/v1/translate", json={"text": "a b"}).status_code == 200  # nobody else is harmed
+
+
+def test_a_bug_is_a_json_500_that_harms_no_other_request(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(body: object, state: object) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "admit", broken)
+        failed = client.post("/v1/translate", json={"text": "a b"})
+    assert failed.status_code == 500
+    assert failed.json()["error"]["message"] == "internal error; the server log has the details"
+    assert client.post("/v1/translate", json={"text": "a b"}).status_code == 200
+    assert 'nmt_requests_total{path="/v1/translate",status="500"} 1.0' in client.get("/metrics").text
 
 
 def test_unknown_paths_and_methods_are_json_errors(client: TestClient) -> None:
