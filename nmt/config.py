@@ -447,6 +447,10 @@ class ServeConfig:
     port: int = option(8000, "TCP port")
     max_wait_ms: float = option(5.0, "a batch waits this long for more requests' sentences before it runs")
     processes: int = option(1, "inference processes per model, each translating its own batches (and holding a copy)")
+    model_niceness: int = option(
+        5,
+        "niceness of the inference processes (0-19): when CPU is short, the HTTP side (/healthz, refusals) runs first",
+    )
     max_sentences: int = option(64, "texts in one request")
     max_chars: int = option(2000, "characters in one text")
     max_body_bytes: int = option(1_000_000, "bytes in one request body")
@@ -470,6 +474,7 @@ class ServeConfig:
         ):
             _require(getattr(self, key) >= 1, f"serve.{key}", ">= 1")
         _require(self.timeout_s > 0, "serve.timeout_s", "> 0")
+        _require(0 <= self.model_niceness <= 19, "serve.model_niceness", "in [0, 19]")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,11 +74,13 @@ class Pending:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
-def inference_process(connection: Connection, spec: ServedModel) -> None:
+def inference_process(connection: Connection, spec: ServedModel, niceness: int) -> None:
     """The process that holds one model: it loads and warms up the model, says so, then translates
     each batch the parent sends until it sends None. A process of its own, so that torch never
     waits for the event loop's GIL (in a thread, a busy loop starved the model), and so that the
-    parent holds no torch at all."""
+    parent holds no torch at all. It runs `niceness` below the server, so that a flood of
+    requests cannot keep the server from answering /healthz or refusing what it cannot take."""
+    os.nice(niceness)
     from nmt.translator import Translator  # torch only here
 
     try:
@@ -138,7 +141,10 @@ class Worker:
         for number in range(cfg.processes):
             connection, child = spawn.Pipe()
             process = spawn.Process(
-                target=inference_process, args=(child, spec), name=f"nmt-model-{name}-{number}", daemon=True
+                target=inference_process,
+                args=(child, spec, cfg.model_niceness),
+                name=f"nmt-model-{name}-{number}",
+                daemon=True,
             )
             process.start()
             self._connections.append(connection)

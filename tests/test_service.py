@@ -5,6 +5,7 @@ app in-process for every limit and error code."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -313,8 +314,12 @@ def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkp
     assert 'nmt_requests_total{path="/v1/translate",status="504"} 1.0' in metrics
 
 
-def test_several_processes_per_model_share_its_queue_and_stop(trained_checkpoint: Path, sentences: list[str]) -> None:
-    app, state = create_app(served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(processes=2))
+def test_several_processes_per_model_share_its_queue_run_nicer_and_stop(
+    trained_checkpoint: Path, sentences: list[str]
+) -> None:
+    app, state = create_app(
+        served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(processes=2, model_niceness=3)
+    )
     with TestClient(app) as test_client:
         while test_client.get("/readyz").status_code != 200:
             time.sleep(0.05)
@@ -332,6 +337,9 @@ def test_several_processes_per_model_share_its_queue_and_stop(trained_checkpoint
         for thread in threads:
             thread.join()
         assert len(state.workers["m"]._processes) == 2
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        for process in state.workers["m"]._processes:  # the model yields the CPU to the HTTP side
+            assert os.getpriority(os.PRIO_PROCESS, process.pid) == min(ours + 3, 19)
     # leaving the block shut the service down: every dispatcher thread and process has stopped
     assert all(not process.is_alive() for process in state.workers["m"]._processes)
     alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
