@@ -261,7 +261,10 @@ class DecodeConfig:
     precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
     quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
-    threads: int = option(0, "torch intra-op threads, for the whole process; 0 = torch's default")
+    threads: int = option(0, "torch intra-op threads of the whole process, shared by the streams; 0 = torch's default")
+    streams: int = option(
+        1, "batches searched side by side, each in a thread with threads / streams intra-op threads (CPU)"
+    )
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", ">= 1")
@@ -308,6 +311,13 @@ class DecodeConfig:
         _require(self.quantize in QUANTIZATIONS, "decode.quantize", f"one of {QUANTIZATIONS}")
         _require(self.quantize == "none" or self.device == "cpu", "decode.quantize", "none unless decode.device=cpu")
         _require(self.threads >= 0, "decode.threads", ">= 0")
+        _require(self.streams >= 1, "decode.streams", ">= 1")
+        _require(self.streams == 1 or self.device == "cpu", "decode.streams", "1 unless decode.device=cpu")
+        _require(
+            self.streams == 1 or not (self.sampling or self.mbr_samples),
+            "decode.streams",
+            "1 when drawing samples (one seeded stream of draws, taken in batch order)",
+        )
 
     def search_rows(self) -> int:
         """The search rows a sentence holds at once: its beam, one draw, or with MBR the wider of the
@@ -373,6 +383,7 @@ VALIDATION_OVERRIDES = {
     "device": "train.device",
     "quantize": "the training weights (no quantization)",
     "threads": "train.threads",
+    "streams": "one stream (validation searches between training steps)",
     "mbr_utility": "search (MBR would search and compare mbr_candidates translations a sentence)",
 }
 

@@ -13,7 +13,9 @@ Bayes risk (nmt.mbr).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,8 @@ class Translator:
     def from_checkpoints(cls, paths: Sequence[Path], cfg: DecodeConfig) -> Translator:
         """The system `cfg` describes from one checkpoint, or an ensemble of several that share
         their vocabularies; the text pipelines come from the first."""
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.threads or cfg.streams > 1:  # torch's one thread count serves every stream: divide it among them
+            torch.set_num_threads(max(1, (cfg.threads or torch.get_num_threads()) // cfg.streams))
         checkpoints = [checkpoint.load(path) for path in paths]
         check_compatible(checkpoints, list(paths))
         # the vocabularies are the same, so the first checkpoint's shortlist serves every model
@@ -112,7 +114,7 @@ class Translator:
     def with_options(self, **changes: object) -> Translator:
         """The same models and pipelines searching with other settings, checked as any DecodeConfig;
         for what inference itself depends on (device, precision, quantization) build another."""
-        fixed = {"device", "precision", "quantize", "threads", "shortlist", *SHORTLIST_KEYS} & changes.keys()
+        fixed = {"device", "precision", "quantize", "threads", "streams", "shortlist", *SHORTLIST_KEYS} & changes.keys()
         if fixed:
             raise ValueError(f"{sorted(fixed)} are set when the models are loaded: build another Translator")
         return Translator(self.model, self.src_pipeline, self.tgt_pipeline, dataclasses.replace(self.cfg, **changes))
@@ -124,20 +126,33 @@ class Translator:
         results = [[Translation("", 0.0, [], [])] for _ in lines]  # what a blank line gets
         nonempty = np.flatnonzero(lengths > 0)
         # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
-        with autocast(self.cfg.precision, self.device):
-            for batch in track(length_batches(lengths[nonempty] * self.cfg.search_rows(), self.cfg.batch_tokens)):
-                indices = nonempty[batch]
-                batch_ids = [src_ids[i] for i in indices]
-                src = pad(batch_ids).to(self.device)
-                src_len = torch.from_numpy(lengths[indices])
-                if self.utility is None:
-                    found = search(self.model, src, src_len, self.cfg, self.generator)
-                else:
-                    found = mbr.candidates(self.model, src, src_len, self.cfg, self.generator)
+        batches = [
+            nonempty[batch]
+            for batch in length_batches(lengths[nonempty] * self.cfg.search_rows(), self.cfg.batch_tokens)
+        ]
+        search_batch = functools.partial(self._search, src_ids, lengths)
+        streams = ThreadPoolExecutor(self.cfg.streams, "nmt-stream") if self.cfg.streams > 1 else None
+        try:
+            # each stream takes the next batch when it is done; the answers come in batch order
+            searched = streams.map(search_batch, batches) if streams else map(search_batch, batches)
+            for indices, found in zip(track(batches), searched):
                 for index, hyps in zip(indices, found):
                     translations = [self._translation(lines[index], h) for h in hyps]
                     results[index] = translations if self.utility is None else self._mbr(translations, self.utility)
+        finally:
+            if streams:
+                streams.shutdown(cancel_futures=True)
         return results
+
+    def _search(self, src_ids: list[np.ndarray], lengths: np.ndarray, indices: np.ndarray) -> list[list[Hypothesis]]:
+        """The hypotheses of the sentences `indices`, searched together (in whichever thread calls:
+        autocast is entered here, where it applies)."""
+        with autocast(self.cfg.precision, self.device):
+            src = pad([src_ids[i] for i in indices]).to(self.device)
+            src_len = torch.from_numpy(lengths[indices])
+            if self.utility is None:
+                return search(self.model, src, src_len, self.cfg, self.generator)
+            return mbr.candidates(self.model, src, src_len, self.cfg, self.generator)
 
     def _mbr(self, candidates: list[Translation], utility: mbr.Utility) -> list[Translation]:
         """The `nbest` distinct candidates of highest expected utility, which becomes their score."""

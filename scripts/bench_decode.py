@@ -9,7 +9,7 @@ against the same beam in fp32 without the shortlist), the seconds taking the mod
 to a Translator, and with the shortlist the mean target pieces of a batch's shortlist. Each setting
 runs in a fresh process, so its peak RSS is its own. Then, unless --no-process: the start-up costs
 (interpreter, `import nmt.translate`) and the whole `nmt-translate` process on the split at the
-fastest setting, start-up included. With --peer-venv, OpenNMT-py's `onmt_translate` translates the
+fastest setting of each beam, start-up included. With --peer-venv, OpenNMT-py's `onmt_translate` translates the
 same split at beam 1 and 5 in the same sitting, from the last checkpoint that
 scripts/bench_peer_opennmt.py trained in --peer-work (test_2016_flickr only: that is the split it
 exported). --plot draws BLEU against sentences/s. --grid K,K:N,N instead scores beam 5 fp32 with
@@ -70,6 +70,7 @@ def decode_config(setting: str, args: argparse.Namespace, **sizes: int) -> Decod
         precision="bf16" if precision == "bf16" else "fp32",
         quantize="int8" if precision == "int8" else "none",
         shortlist=rest == ["sl"],
+        streams=args.streams,
         **sizes,
     )
 
@@ -163,7 +164,8 @@ def run_setting(args: argparse.Namespace, setting: str) -> dict:
         "peak_rss_mb": round(rss, 1),
         "bleu": round(bleu, 2),
         "load_seconds": round(load_seconds, 3),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # per stream
+        "streams": cfg.streams,
         "signature": signature,
     }
     if cfg.shortlist:
@@ -219,7 +221,14 @@ def run_grid(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, setting: str) -> dict:
     command = [sys.executable, __file__, str(args.checkpoint), "--data-dir", str(args.data_dir), "--split", args.split]
-    command += ["--batch-tokens", str(args.batch_tokens), "--threads", str(args.threads)]
+    command += [
+        "--batch-tokens",
+        str(args.batch_tokens),
+        "--threads",
+        str(args.threads),
+        "--streams",
+        str(args.streams),
+    ]
     command += ["--baseline-sentences", str(args.baseline_sentences), "--one", setting]
     child = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(child.stdout.splitlines()[-1])
@@ -245,6 +254,7 @@ def run_process(args: argparse.Namespace, setting: str) -> dict:
     flags = ["--beam-size", str(cfg.beam_size), "--batch-tokens", str(cfg.batch_tokens)]
     flags += ["--precision", cfg.precision, "--quantize", cfg.quantize] + (["--shortlist"] if cfg.shortlist else [])
     flags += ["--threads", str(args.threads)] if args.threads else []
+    flags += ["--streams", str(args.streams)]
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "hypotheses.txt"
         command = [sys.executable, "-m", "nmt.translate", "-m", str(args.checkpoint), "--quiet"]
@@ -324,6 +334,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=DecodeConfig().batch_tokens)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="e.g. 5-fp32,5-int8-sl (-sl: the shortlist)")
+    parser.add_argument("--streams", type=int, default=1, help="decode.streams of every setting")
     parser.add_argument("--no-process", action="store_true", help="skip the start-up and nmt-translate process")
     parser.add_argument("--plot", type=Path, help="write the frontier (BLEU against sentences/s) as a PNG here")
     parser.add_argument("--peer-venv", type=Path, help="OpenNMT-py's venv (scripts/bench_peer_opennmt.py makes it)")
@@ -353,9 +364,11 @@ def main() -> None:
             reports.append(report)
             print(json.dumps(report), flush=True)
     if not args.no_process:
-        fastest = max((r for r in reports if "opennmt" not in r["setting"]), key=lambda r: r["sentences_per_second"])
         print(json.dumps(startup(args)), flush=True)
-        print(json.dumps(run_process(args, fastest["setting"])), flush=True)
+        ours = [r for r in reports if "opennmt" not in r["setting"]]
+        for beam in sorted({r["beam"] for r in ours}):
+            fastest = max((r for r in ours if r["beam"] == beam), key=lambda r: r["sentences_per_second"])
+            print(json.dumps(run_process(args, fastest["setting"])), flush=True)
     if args.plot:
         plot_frontier(reports, args.plot)
 

@@ -339,3 +339,11 @@ def test_evaluate_builds_its_engine_with_every_decode_key(key, monkeypatch):
 )
 def test_search_rows_count_what_a_sentence_holds_in_a_batch(settings, rows):
     assert DecodeConfig(**settings).search_rows() == rows
+
+
+@pytest.mark.parametrize(
+    "settings", [{"sampling": True}, {"mbr_utility": "chrf", "mbr_samples": 4}, {"device": "cuda"}]
+)
+def test_streams_are_refused_where_batch_order_or_the_device_decides(settings):
+    with pytest.raises(NmtError, match="decode.streams"):
+        DecodeConfig(streams=2, **settings)

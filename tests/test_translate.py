@@ -68,6 +68,22 @@ def test_translations_do_not_depend_on_batching_or_order(
     assert all(len(hyps) == nbest for hyps in reference)
 
 
+@pytest.mark.parametrize("decode", [{}, {"quantize": "int8", "shortlist": True}])
+def test_streams_search_batches_side_by_side_with_the_same_results(
+    trained_checkpoint: Path, test_lines: list[str], decode: dict
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        settings = {"beam_size": 4, "nbest": 2, "batch_tokens": 80, **decode}  # many batches
+        one = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(threads=1, **settings))
+        expected = one.translate(test_lines)
+        two = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(threads=2, streams=2, **settings))
+        assert torch.get_num_threads() == 1  # the two threads shared by the two streams
+        assert two.translate(test_lines) == expected
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(("beam_size", "sampling"), [(1, False), (4, False), (4, True)])
 def test_a_batch_holds_batch_tokens_of_search_rows_whatever_the_beam(
     restored: tuple, test_lines: list[str], beam_size: int, sampling: bool, monkeypatch: pytest.MonkeyPatch
