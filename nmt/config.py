@@ -204,9 +204,10 @@ class TrainConfig:
         )
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with its help text, which `add_flags` (and the service) show to users."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, at_load: bool = False) -> Any:
+    """A config field with its help text, which `add_flags` (and the service) show to users;
+    `at_load`: a DecodeConfig field that shapes the models as they are loaded (LOAD_KEYS)."""
+    return field(default=default, metadata={"help": help, "at_load": at_load})
 
 
 @dataclass
@@ -253,17 +254,24 @@ class DecodeConfig:
         False,
         "cut the output layer to each batch's lexical shortlist (stored in the checkpoint; python -m nmt.shortlist "
         "adds one): faster, and the softmax is over the shortlist",
+        at_load=True,
     )
     shortlist_per_source: int = option(
-        5, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})"
+        5, f"with shortlist: target pieces per source piece of the batch (at most {SHORTLIST_WIDTH})", at_load=True
     )
-    shortlist_frequent: int = option(1000, "with shortlist: the N target pieces most frequent in training, always in")
-    precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)")
-    quantize: str = option("none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...")
-    threads: int = option(0, "torch intra-op threads of the whole process, shared by the streams; 0 = torch's default")
+    shortlist_frequent: int = option(
+        1000, "with shortlist: the N target pieces most frequent in training, always in", at_load=True
+    )
+    precision: str = option("fp32", "fp32, bf16 (autocast) or fp16 (autocast, CUDA only)", at_load=True)
+    quantize: str = option(
+        "none", "none or int8 (dynamic quantization of linear and LSTM weights, CPU only)", at_load=True
+    )
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...", at_load=True)
+    threads: int = option(
+        0, "torch intra-op threads of the whole process, shared by the streams; 0 = torch's default", at_load=True
+    )
     streams: int = option(
-        1, "batches searched side by side, each in a thread with threads / streams intra-op threads (CPU)"
+        1, "batches searched side by side, each in a thread with threads / streams intra-op threads (CPU)", at_load=True
     )
 
     def __post_init__(self) -> None:
@@ -354,6 +362,7 @@ MBR_UTILITIES = ("none", "chrf", "bleu")
 SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "sampling_epsilon", "temperature", "seed")
 MBR_KEYS = ("mbr_candidates", "mbr_samples")  # they need decode.mbr_utility
 SHORTLIST_KEYS = ("shortlist_per_source", "shortlist_frequent")
+LOAD_KEYS = tuple(item.name for item in dataclasses.fields(DecodeConfig) if item.metadata["at_load"])
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 
 

@@ -26,7 +26,7 @@ import torch
 from nmt import checkpoint, mbr, shortlist
 from nmt.alignment import AttentionMap, attention_maps, format_alignment
 from nmt.batching import length_batches
-from nmt.config import SHORTLIST_KEYS, DecodeConfig
+from nmt.config import LOAD_KEYS, DecodeConfig
 from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import LineError
 from nmt.model import InferenceModel, Seq2Seq
@@ -114,7 +114,7 @@ class Translator:
     def with_options(self, **changes: object) -> Translator:
         """The same models and pipelines searching with other settings, checked as any DecodeConfig;
         for what inference itself depends on (device, precision, quantization) build another."""
-        fixed = {"device", "precision", "quantize", "threads", "streams", "shortlist", *SHORTLIST_KEYS} & changes.keys()
+        fixed = set(LOAD_KEYS) & changes.keys()
         if fixed:
             raise ValueError(f"{sorted(fixed)} are set when the models are loaded: build another Translator")
         return Translator(self.model, self.src_pipeline, self.tgt_pipeline, dataclasses.replace(self.cfg, **changes))

@@ -15,7 +15,7 @@ from sacrebleu import sentence_chrf
 
 from nmt import checkpoint, synthetic
 from nmt import translator as translator_module
-from nmt.config import DecodeConfig
+from nmt.config import LOAD_KEYS, DecodeConfig
 from nmt.errors import NmtError
 from nmt.model import InferenceModel
 from nmt.precision import autocast, quantize_int8
@@ -66,6 +66,14 @@ def test_translations_do_not_depend_on_batching_or_order(
         for position, index in enumerate(order):
             assert_same_up_to_ties(shuffled[position], reference[index])
     assert all(len(hyps) == nbest for hyps in reference)
+
+
+def test_with_options_refuses_what_shapes_the_loaded_models(restored: tuple) -> None:
+    engine = translator(restored)
+    for key in LOAD_KEYS:
+        with pytest.raises(ValueError, match=key):
+            engine.with_options(**{key: getattr(DecodeConfig(), key)})
+    assert engine.with_options(beam_size=2, nbest=2, length_penalty=0.6).cfg.beam_size == 2
 
 
 @pytest.mark.parametrize("decode", [{}, {"quantize": "int8", "shortlist": True}])
