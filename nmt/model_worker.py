@@ -74,26 +74,41 @@ class Pending:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
-def inference_process(connection: Connection, spec: ServedModel, niceness: int) -> None:
-    """The process that holds one model: it loads and warms up the model, says so, then translates
-    each batch the parent sends until it sends None. A process of its own, so that torch never
-    waits for the event loop's GIL (in a thread, a busy loop starved the model), and so that the
-    parent holds no torch at all. It runs `niceness` below the server, so that a flood of
-    requests cannot keep the server from answering /healthz or refusing what it cannot take."""
+def inference_process(connections: list[Connection], spec: ServedModel, niceness: int) -> None:
+    """The process that holds one model: it loads and warms up the model, says so on each of its
+    connections, then a thread per connection (the model's decode.streams: batches translated side
+    by side, sharing one copy of the model) translates each batch sent there until None comes. A
+    process of its own, so that torch never waits for the event loop's GIL (in a thread, a busy loop
+    starved the model), and so that the parent holds no torch at all. It runs `niceness` below the
+    server, so that a flood of requests cannot keep the server from answering /healthz or refusing
+    what it cannot take."""
     os.nice(niceness)
     from nmt.translator import Translator  # torch only here
 
-    try:
-        translator = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
-        translator.translate(["Warm up ."])  # first-call allocations and kernel choices
+    try:  # loading divides the threads among the streams
+        loaded = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
+        loaded.translate(["Warm up ."])  # first-call allocations and kernel choices
     except NmtError as error:
-        connection.send(("failed", str(error)))
+        for connection in connections:
+            connection.send(("failed", str(error)))
         return
+    # here the streams are the serving threads: each searches the batches it is sent in one stream
+    translator = Translator(
+        loaded.model, loaded.src_pipeline, loaded.tgt_pipeline, dataclasses.replace(loaded.cfg, streams=1)
+    )
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
-    connection.send(("ready", languages))
-    while (job := connection.recv()) is not None:
-        options, requests = job
-        connection.send(translate_requests(translator.with_options(**dict(options)), requests))
+
+    def serve(connection: Connection) -> None:
+        connection.send(("ready", languages))
+        while (job := connection.recv()) is not None:
+            options, requests = job
+            connection.send(translate_requests(translator.with_options(**dict(options)), requests))
+
+    streams = [threading.Thread(target=serve, args=(connection,)) for connection in connections]
+    for stream in streams:
+        stream.start()
+    for stream in streams:
+        stream.join()
 
 
 def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple[str, Any]]:
@@ -126,8 +141,9 @@ def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple
 
 
 class Worker:
-    """One model: its inference processes (`serve.processes`), and the queue from which a dispatcher
-    thread per process takes the sentences of waiting requests to translate them together."""
+    """One model: its inference processes (`serve.processes`, each translating decode.streams batches
+    side by side), and the queue from which a dispatcher thread per stream takes the sentences of
+    waiting requests to translate them together."""
 
     def __init__(self, name: str, spec: ServedModel, cfg: ServeConfig, metrics: Metrics) -> None:
         self.name, self.decode, self.cfg, self.metrics = name, spec.decode, cfg, metrics
@@ -139,21 +155,22 @@ class Worker:
         spawn = multiprocessing.get_context("spawn")
         self._connections, self._processes, self._threads = [], [], []
         for number in range(cfg.processes):
-            connection, child = spawn.Pipe()
+            pipes = [spawn.Pipe() for _ in range(spec.decode.streams)]
             process = spawn.Process(
                 target=inference_process,
-                args=(child, spec, cfg.model_niceness),
+                args=([child for _, child in pipes], spec, cfg.model_niceness),
                 name=f"nmt-model-{name}-{number}",
                 daemon=True,
             )
             process.start()
-            self._connections.append(connection)
             self._processes.append(process)
-            self._threads.append(
-                threading.Thread(
-                    target=self._run, args=(connection,), name=f"nmt-dispatch-{name}-{number}", daemon=True
+            for stream, (connection, _) in enumerate(pipes):
+                self._connections.append(connection)
+                self._threads.append(
+                    threading.Thread(
+                        target=self._run, args=(connection,), name=f"nmt-dispatch-{name}-{number}.{stream}", daemon=True
+                    )
                 )
-            )
 
     def wait_loaded(self) -> None:
         """Block until the model is loaded and warmed up; NmtError if it could not be."""
@@ -196,9 +213,10 @@ class Worker:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
-        for connection, process in zip(self._connections, self._processes):
+        for connection in self._connections:
             with contextlib.suppress(OSError):  # the process may be gone already
                 connection.send(None)
+        for process in self._processes:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()

@@ -314,11 +314,13 @@ def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkp
     assert 'nmt_requests_total{path="/v1/translate",status="504"} 1.0' in metrics
 
 
-def test_several_processes_per_model_share_its_queue_run_nicer_and_stop(
-    trained_checkpoint: Path, sentences: list[str]
+@pytest.mark.parametrize(("processes", "streams"), [(2, 1), (1, 2)])
+def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_stop(
+    trained_checkpoint: Path, sentences: list[str], processes: int, streams: int
 ) -> None:
     app, state = create_app(
-        served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(processes=2, model_niceness=3)
+        served(trained_checkpoint, DecodeConfig(beam_size=2, streams=streams)),
+        ServeConfig(processes=processes, model_niceness=3),
     )
     with TestClient(app) as test_client:
         while test_client.get("/readyz").status_code != 200:
@@ -336,7 +338,8 @@ def test_several_processes_per_model_share_its_queue_run_nicer_and_stop(
             thread.start()
         for thread in threads:
             thread.join()
-        assert len(state.workers["m"]._processes) == 2
+        assert len(state.workers["m"]._processes) == processes  # each holding one copy of the model
+        assert len(state.workers["m"]._threads) == processes * streams  # a dispatcher per stream
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         for process in state.workers["m"]._processes:  # the model yields the CPU to the HTTP side
             assert os.getpriority(os.PRIO_PROCESS, process.pid) == min(ours + 3, 19)
