@@ -186,7 +186,13 @@ class Worker:
             thread.start()
 
     def submit(self, texts: list[str], options: dict[str, Any]) -> Pending:
-        rows = dataclasses.replace(self.decode, **options).search_rows()  # an MBR model's rows count in full
+        """Queue a request's texts with its search options, checked as any DecodeConfig (422 if they
+        cannot go together, 429 if the queue is full)."""
+        try:
+            request = dataclasses.replace(self.decode, **options)  # nbest <= beam_size, ...
+        except NmtError as error:
+            raise ServiceError(422, str(error).removeprefix("config: decode.")) from None
+        rows = request.search_rows()  # an MBR model's rows count in full
         pending = Pending(texts, tuple(sorted(options.items())), rows * sum(len(t.split()) + 2 for t in texts))
         with self._changed:
             if self._sentences + len(texts) > self.cfg.max_queue:

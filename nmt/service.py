@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nmt.config import DecodeConfig, ServeConfig, ServedModels
-from nmt.errors import NmtError
 from nmt.model_worker import Metrics, ServiceError, Worker
 
 log = logging.getLogger(__name__)
@@ -288,12 +287,7 @@ def admit(body: BaseModel, state: ServiceState) -> tuple[Worker, list[str], dict
         raise ServiceError(422, f"beam_size {options['beam_size']} is over max_beam_size={cfg.max_beam_size}")
     if options.get("nbest", 1) > cfg.max_nbest:
         raise ServiceError(422, f"nbest {options['nbest']} is over max_nbest={cfg.max_nbest}")
-    worker = state.workers[name]
-    try:
-        dataclasses.replace(worker.decode, **options)  # the same checks as everywhere (nbest <= beam_size, ...)
-    except NmtError as error:
-        raise ServiceError(422, str(error).removeprefix("config: decode.")) from None
-    return worker, texts, options
+    return state.workers[name], texts, options
 
 
 def answer(model: str, results: list[list[tuple]], alignments: bool, nbest: bool) -> dict[str, Any]:
