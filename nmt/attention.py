@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.activation import tanh
+
 
 class Attention(nn.Module):
     def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
@@ -45,7 +47,7 @@ class Attention(nn.Module):
         batch, length = mask.shape
         grouped = query.view(batch, -1, query.size(1))  # (B, G, Q)
         if self.kind == "additive":
-            hidden = torch.tanh(keys.unsqueeze(1) + self.query_proj(grouped).unsqueeze(2))  # (B, G, S, Q)
+            hidden = tanh(keys.unsqueeze(1) + self.query_proj(grouped).unsqueeze(2))  # (B, G, S, Q)
             scores = self.v(hidden).squeeze(3)
         else:
             scores = torch.bmm(keys, grouped.transpose(1, 2)).transpose(1, 2)  # (B, G, S)

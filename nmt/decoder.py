@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.activation import tanh
 from nmt.attention import Attention
 from nmt.dropout import Dropout
 from nmt.encoder import EncoderOutput, embedding
@@ -42,10 +43,10 @@ class DecoderState(NamedTuple):
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.LSTMCell's update from precomputed gate pre-activations (B, 4H)."""
     i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * tanh(g)
     # h takes the gates' dtype (bf16 under autocast), so the next step's products need no cast;
     # the cell state keeps the precision it came in with (fp32 from init_state)
-    return (torch.sigmoid(o) * torch.tanh(c)).to(gates.dtype), c
+    return (torch.sigmoid(o) * tanh(c)).to(gates.dtype), c
 
 
 class Decoder(nn.Module):
@@ -71,8 +72,8 @@ class Decoder(nn.Module):
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         layers = 1 + len(self.upper_cells)
-        h = torch.tanh(self.bridge_h(encoded.final_h[-1])).float()
-        c = torch.tanh(self.bridge_c(encoded.final_c[-1])).float()
+        h = tanh(self.bridge_h(encoded.final_h[-1])).float()
+        c = tanh(self.bridge_c(encoded.final_c[-1])).float()
         return DecoderState(
             h.unsqueeze(0).repeat(layers, 1, 1), c.unsqueeze(0).repeat(layers, 1, 1), torch.zeros_like(h)
         )
@@ -111,7 +112,7 @@ class Decoder(nn.Module):
                 h[layer], c[layer] = cell(self.dropout(top), (h[layer], c[layer]))
                 top = h[layer]
             context, weights = self.attention(top, keys, memory, mask)
-            feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=1))))
+            feed = self.dropout(tanh(self.combine(torch.cat([context, top], dim=1))))
             outputs.append(feed)
             attention.append(weights)
         state = DecoderState(torch.stack(h), torch.stack(c), feed)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nmt.activation import tanh
 from nmt.attention import Attention
 from nmt.config import ModelConfig
 from nmt.decoder import DecoderState, lstm_cell
@@ -201,6 +202,16 @@ def as_lstm_cells(decoder) -> list[torch.nn.LSTMCell]:
         first.bias_ih.copy_(decoder.embed_gates.bias)
         first.bias_hh.zero_()
     return [first, *decoder.upper_cells]
+
+
+def test_tanh_through_sigmoid_is_torch_tanh_in_value_and_gradient() -> None:
+    x = torch.linspace(-12, 12, 20_001)
+    torch.testing.assert_close(tanh(x), torch.tanh(x), atol=2e-7, rtol=0)
+    torch.testing.assert_close(tanh(x.bfloat16()), torch.tanh(x.bfloat16()), atol=1e-7, rtol=0)
+    wide = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.autograd.gradcheck(tanh, (wide,))
+    (grad,) = torch.autograd.grad(tanh(x.requires_grad_()).sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, atol=1e-6, rtol=0)
 
 
 def test_first_decoder_layer_matches_torch_lstm_cell() -> None:
