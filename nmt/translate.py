@@ -19,6 +19,7 @@ nmt.evaluate takes as decode.* keys.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         exit_on_user_error(lambda: translate(args))
+        # the interpreter's last collection would walk every object torch made: ~0.45 s of exit
+        gc.freeze()
     except BrokenPipeError:
         # the reader of stdout went away (`| head`): stop quietly as Unix tools do, and keep
         # Python from failing again when it flushes stdout at exit
