@@ -131,7 +131,8 @@ class Translator:
             for batch in length_batches(lengths[nonempty] * self.cfg.search_rows(), self.cfg.batch_tokens)
         ]
         search_batch = functools.partial(self._search, src_ids, lengths)
-        streams = ThreadPoolExecutor(self.cfg.streams, "nmt-stream") if self.cfg.streams > 1 else None
+        side_by_side = min(self.cfg.streams, len(batches))
+        streams = ThreadPoolExecutor(side_by_side, "nmt-stream") if side_by_side > 1 else None
         try:
             # each stream takes the next batch when it is done; the answers come in batch order
             searched = streams.map(search_batch, batches) if streams else map(search_batch, batches)
