@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import pickle
 import reprlib
+import types
 import typing
 from collections import Counter
 from pathlib import Path
@@ -236,6 +237,10 @@ def _fits(value: Any, kind: Any) -> bool:
         return isinstance(value, int | float)
     if kind in (int, str, bool):
         return isinstance(value, kind)
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):  # float | None
+        return any(_fits(value, member) for member in typing.get_args(kind))
     if typing.get_origin(kind) is dict:
         key_kind, value_kind = typing.get_args(kind)
         return isinstance(value, dict) and all(_fits(k, key_kind) and _fits(v, value_kind) for k, v in value.items())

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from nmt.errors import NmtError
 
@@ -90,6 +90,12 @@ class DataConfig:
             _require(alias in self.splits, f"data.splits.{alias}", "set")
 
 
+class Dropouts(NamedTuple):
+    embed: float  # on embeddings
+    hidden: float  # on the encoder's states and between stacked LSTM layers
+    attentional: float  # on the decoder's attentional state h~
+
+
 @dataclass
 class ModelConfig:
     """The network: embeddings, a bidirectional LSTM encoder, an attentional LSTM decoder."""
@@ -99,10 +105,18 @@ class ModelConfig:
     encoder_layers: int = 1
     decoder_layers: int = 1
     attention: str = "general"  # dot | general (Luong) | additive (Bahdanau)
-    dropout: float = 0.3
+    dropout: float = 0.3  # each of the three below that is not set on its own
+    embed_dropout: float | None = None  # on the source and target embeddings; null = dropout
+    hidden_dropout: float | None = None  # on the encoder's states and between stacked LSTM layers; null = dropout
+    attentional_dropout: float | None = None  # on the decoder's attentional state h~; null = dropout
     word_dropout: float = 0.0  # training: each source and target input subword becomes <unk> with this probability
     tie_embeddings: bool = False  # decoder output layer shares the target embedding matrix
     share_embeddings: bool = False  # source and target embeddings are one matrix (needs data.joint_vocab=true)
+
+    def dropouts(self) -> Dropouts:
+        """The three dropout rates, each its own or `dropout`."""
+        rates = (self.embed_dropout, self.hidden_dropout, self.attentional_dropout)
+        return Dropouts(*(self.dropout if rate is None else rate for rate in rates))
 
     def __post_init__(self) -> None:
         _require(self.embed_size >= 1, "model.embed_size", ">= 1")
@@ -115,6 +129,9 @@ class ModelConfig:
         _require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1")
         _require(self.attention in ATTENTION_TYPES, "model.attention", f"one of {ATTENTION_TYPES}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)")
+        for name in ("embed_dropout", "hidden_dropout", "attentional_dropout"):
+            rate = getattr(self, name)
+            _require(rate is None or 0.0 <= rate < 1.0, f"model.{name}", "in [0, 1), or null for model.dropout")
         _require(0.0 <= self.word_dropout < 1.0, "model.word_dropout", "in [0, 1)")
 
 

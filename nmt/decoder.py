@@ -25,6 +25,7 @@ from torch import nn
 
 from nmt.activation import tanh
 from nmt.attention import Attention
+from nmt.config import Dropouts
 from nmt.dropout import Dropout
 from nmt.encoder import EncoderOutput, embedding
 
@@ -57,7 +58,7 @@ class Decoder(nn.Module):
         hidden_size: int,
         num_layers: int,
         attention: str,
-        dropout: float,
+        dropouts: Dropouts,
     ) -> None:
         super().__init__()
         self.embed = embedding(vocab_size, embed_size)
@@ -68,7 +69,9 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.bridge_h = nn.Linear(hidden_size, hidden_size)
         self.bridge_c = nn.Linear(hidden_size, hidden_size)
-        self.dropout = Dropout(dropout)
+        self.embed_dropout = Dropout(dropouts.embed)
+        self.hidden_dropout = Dropout(dropouts.hidden)
+        self.attentional_dropout = Dropout(dropouts.attentional)
 
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         layers = 1 + len(self.upper_cells)
@@ -82,7 +85,7 @@ class Decoder(nn.Module):
         """W_e E y + b for tokens (B, T) -> (B, T, 4H); looked up in `gate_table` when given."""
         if gate_table is not None:
             return F.embedding(tokens, gate_table)
-        return self.embed_gates(self.dropout(self.embed(tokens)))
+        return self.embed_gates(self.embed_dropout(self.embed(tokens)))
 
     def gate_table(self) -> torch.Tensor:
         """W_e E + b for the whole vocabulary (V, 4H), in the dtype of the products it replaces
@@ -109,10 +112,10 @@ class Decoder(nn.Module):
             h[0], c[0] = lstm_cell(gates, c[0])
             top = h[0]
             for layer, cell in enumerate(self.upper_cells, start=1):
-                h[layer], c[layer] = cell(self.dropout(top), (h[layer], c[layer]))
+                h[layer], c[layer] = cell(self.hidden_dropout(top), (h[layer], c[layer]))
                 top = h[layer]
             context, weights = self.attention(top, keys, memory, mask)
-            feed = self.dropout(tanh(self.combine(torch.cat([context, top], dim=1))))
+            feed = self.attentional_dropout(tanh(self.combine(torch.cat([context, top], dim=1))))
             outputs.append(feed)
             attention.append(weights)
         state = DecoderState(torch.stack(h), torch.stack(c), feed)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.config import Dropouts
 from nmt.dropout import Dropout
 from nmt.vocab import PAD
 
@@ -32,22 +33,23 @@ def embedding(vocab_size: int, embed_size: int) -> nn.Embedding:
 
 
 class Encoder(nn.Module):
-    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, dropouts: Dropouts) -> None:
         super().__init__()
         self.embed = embedding(vocab_size, embed_size)
-        self.dropout = Dropout(dropout)
+        self.embed_dropout = Dropout(dropouts.embed)
+        self.hidden_dropout = Dropout(dropouts.hidden)
         self.rnn = nn.LSTM(
             embed_size,
             hidden_size // 2,
             num_layers=num_layers,
             batch_first=True,
             bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
+            dropout=dropouts.hidden if num_layers > 1 else 0.0,
         )
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> EncoderOutput:
         """src (B, S) ids, src_len (B,) on CPU."""
-        embedded = self.dropout(self.embed(src))
+        embedded = self.embed_dropout(self.embed(src))
         packed = pack_padded_sequence(embedded, src_len, batch_first=True, enforce_sorted=False)
         output, (h, c) = self.rnn(packed)
         memory, _ = pad_packed_sequence(output, batch_first=True, total_length=src.size(1))
@@ -55,4 +57,4 @@ class Encoder(nn.Module):
         # (L * 2, B, H/2) -> (L, B, H): concatenate the two directions of each layer
         h = h.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
         c = c.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
-        return EncoderOutput(self.dropout(memory), h, c)
+        return EncoderOutput(self.hidden_dropout(memory), h, c)

@@ -29,7 +29,9 @@ from nmt.errors import NmtError
 from nmt.vocab import UNK
 
 # taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
-ADJUSTABLE = ("model.dropout", "model.word_dropout")
+ADJUSTABLE = tuple(
+    f"model.{name}" for name in ("dropout", "embed_dropout", "hidden_dropout", "attentional_dropout", "word_dropout")
+)
 # the network's shape, which the weights have: every model key but the dropouts
 ARCHITECTURE = tuple(
     f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if f"model.{item.name}" not in ADJUSTABLE

@@ -63,9 +63,10 @@ class Seq2Seq(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
         self.word_dropout = cfg.word_dropout
-        self.encoder = Encoder(src_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.encoder_layers, cfg.dropout)
+        dropouts = cfg.dropouts()
+        self.encoder = Encoder(src_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.encoder_layers, dropouts)
         self.decoder = Decoder(
-            tgt_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.decoder_layers, cfg.attention, cfg.dropout
+            tgt_vocab_size, cfg.embed_size, cfg.hidden_size, cfg.decoder_layers, cfg.attention, dropouts
         )
         # Tying needs the output layer's input to match the embedding size.
         self.output_proj = (

@@ -156,6 +156,14 @@ def setter(key: str, value: object, inner: str | None = None):
         (setter("model_config", "64", "embed_size"), "model_config.embed_size is '64', not of type int"),
         (setter("model_config", 64.0, "embed_size"), "model_config.embed_size is 64.0, not of type int"),
         (setter("model_config", True, "dropout"), "model_config.dropout is True, not of type float"),
+        (
+            setter("model_config", "0.1", "embed_dropout"),
+            "model_config.embed_dropout is '0.1', not of type float | None",
+        ),
+        (
+            setter("model_config", 1.5, "embed_dropout"),
+            "model_config holds an impossible value (config: model.embed_dropout",
+        ),
         (setter("data_config", {"train": 1}, "splits"), "data_config.splits is {'train': 1}, not of type dict"),
         (setter("model_config", 3, "hidden_size"), "model_config holds an impossible value (config: model.hidden_size"),
         (setter("data_config", "tgt", "src_lang"), "data_config holds an impossible value (config: data.tgt_lang"),

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from nmt.activation import tanh
 from nmt.attention import Attention
-from nmt.config import ModelConfig
+from nmt.config import Dropouts, ModelConfig
 from nmt.decoder import DecoderState, lstm_cell
 from nmt.dropout import Dropout, word_dropout
+from nmt.errors import NmtError
 from nmt.loss import sequence_loss
 from nmt.model import EncodedSource, InferenceModel, Seq2Seq
 from nmt.vocab import BOS, EOS, PAD, UNK
@@ -432,6 +433,30 @@ def test_loss_without_gradients_takes_none() -> None:
         out = sequence_loss(hidden, output, target, label_smoothing=0.1)
     assert not out.loss.requires_grad
     torch.testing.assert_close(out.loss, torch_loss(hidden, output, target, eps=0.1).detach())
+
+
+def test_each_dropout_rate_is_its_own_or_model_dropout() -> None:
+    cfg = ModelConfig(dropout=0.3, embed_dropout=0.1, attentional_dropout=0.0, encoder_layers=2, decoder_layers=2)
+    assert cfg.dropouts() == Dropouts(embed=0.1, hidden=0.3, attentional=0.0)
+    model = Seq2Seq(cfg, 20, 20)
+    assert model.encoder.embed_dropout.p == model.decoder.embed_dropout.p == 0.1
+    assert model.encoder.hidden_dropout.p == model.encoder.rnn.dropout == model.decoder.hidden_dropout.p == 0.3
+    assert model.decoder.attentional_dropout.p == 0.0
+    with pytest.raises(NmtError, match="model.hidden_dropout"):
+        ModelConfig(hidden_dropout=1.0)
+
+
+def test_attentional_dropout_alone_changes_only_what_the_decoder_feeds_forward() -> None:
+    """With only attentional dropout, the encoder's states are untouched in training; with only
+    embedding dropout they are not."""
+    src = torch.tensor([[5, 6, 7, 8]])
+    for rates, encoder_dropped in (({"attentional_dropout": 0.5}, False), ({"embed_dropout": 0.5}, True)):
+        cfg = ModelConfig(embed_size=12, hidden_size=16, dropout=0.0, **rates)
+        model = Seq2Seq(cfg, 20, 20)
+        torch.manual_seed(0)
+        trained = model.train().encoder(src, torch.tensor([4])).memory
+        plain = model.eval().encoder(src, torch.tensor([4])).memory
+        assert torch.equal(trained, plain) != encoder_dropped
 
 
 def test_dropout_zeroes_a_fraction_p_scales_the_rest_and_passes_gradients_through_the_same_mask():

@@ -19,6 +19,7 @@ from nmt import checkpoint
 from nmt.average import average
 from nmt.batching import epoch_batches, make_batch
 from nmt.cache import prepare
+from nmt.dropout import Dropout
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.run_folder import RunFolder
@@ -118,6 +119,13 @@ def tiny_trainer(tmp_path, **train):
     return Trainer(model, data, cfg, RunFolder(tmp_path, cfg.train))
 
 
+def without_dropout(trainer):
+    for module in trainer.module.modules():
+        if isinstance(module, Dropout):
+            module.p = 0.0
+    return trainer
+
+
 def saved_step(tmp_path, name):
     return torch.load(tmp_path / "checkpoints" / name, weights_only=True)["step"]
 
@@ -165,8 +173,7 @@ def test_every_batch_of_a_run_has_its_own_dropout_seed():
 def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
     # SGD: Adam's first step, lr * g / (|g| + eps), turns rounding in a gradient of ~eps into a
     # visible change of the weight, which would test the rounding rather than the accumulation
-    trainer = tiny_trainer(tmp_path, lr=1e-2, optimizer="sgd")
-    trainer.module.decoder.dropout.p = trainer.module.encoder.dropout.p = 0.0
+    trainer = without_dropout(tiny_trainer(tmp_path, lr=1e-2, optimizer="sgd"))
     corpus = trainer.data.train
     first, second = epoch_batches(corpus, 600, seed=1, epoch=1)[:2]
 
@@ -176,9 +183,8 @@ def test_accumulating_two_batches_equals_one_update_on_both(tmp_path):
     start = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     trainer.update([batch(first), batch(second)])
     accumulated = {k: v.clone() for k, v in trainer.module.state_dict().items()}
-    reference = tiny_trainer(tmp_path, lr=1e-2, optimizer="sgd")
+    reference = without_dropout(tiny_trainer(tmp_path, lr=1e-2, optimizer="sgd"))
     reference.module.load_state_dict(start)
-    reference.module.decoder.dropout.p = reference.module.encoder.dropout.p = 0.0
     reference.update([batch([*first, *second])])
     for name, tensor in reference.module.state_dict().items():
         torch.testing.assert_close(accumulated[name], tensor, atol=1e-7, rtol=1e-5)
