@@ -18,9 +18,16 @@ from typing import Any
 import torch
 
 from nmt import checkpoint
+from nmt.config import ModelConfig
 from nmt.errors import NmtError, exit_on_user_error
 
 SHARED_KEYS = ("model_config", "src_vocab", "tgt_vocab", "src_bpe", "tgt_bpe")
+
+
+def _setting(state: dict[str, Any], key: str) -> Any:
+    """A checkpoint's `key`; the model config as its dataclass, whose defaults fill keys that an older
+    checkpoint of the same run lacks."""
+    return ModelConfig(**state[key]) if key == "model_config" else state[key]
 
 
 def average(checkpoints: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
@@ -28,7 +35,7 @@ def average(checkpoints: list[dict[str, Any]], paths: list[Path]) -> dict[str, A
     first = checkpoints[0]
     for state, path in zip(checkpoints[1:], paths[1:]):
         for key in SHARED_KEYS:
-            if state[key] != first[key]:
+            if _setting(state, key) != _setting(first, key):
                 raise NmtError(f"{path}: its {key} differs from {paths[0]}'s; average checkpoints of one run")
     weights = {}
     for name, tensor in first["model"].items():

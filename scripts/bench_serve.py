@@ -65,7 +65,7 @@ def baseline(checkpoint: Path, source: Path, flags: list[str]) -> tuple[list[str
 
 async def batches_so_far(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
     """The service's batches so far and the sentences in them, from /metrics (all models)."""
-    text = (await client.get(f"{url}/metrics")).text
+    text = (await client.get(f"{url}/metrics")).raise_for_status().text
     totals = {"count": 0.0, "sum": 0.0}
     for name, value in re.findall(r"^nmt_batch_sentences_(count|sum)\{[^}]*\} (\S+)$", text, re.MULTILINE):
         totals[name] += float(value)

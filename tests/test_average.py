@@ -30,6 +30,19 @@ def test_average_is_the_mean_and_holds_weights_only(inputs, tmp_path):
     assert not {"optimizer", "scheduler", "scaler", "progress", "rng"} & set(averaged)
 
 
+def test_a_checkpoint_older_than_a_model_setting_averages_with_a_newer_one_of_the_run(inputs, tmp_path):
+    """A run resumed across an upgrade: its older checkpoint lacks a key the newer one holds at its default."""
+    older = checkpoint.load(inputs[0])
+    del older["model_config"]["embed_dropout"]
+    torch.save(older, inputs[0])
+    average_files(inputs, tmp_path / "average.pt")
+    newer = checkpoint.load(inputs[1])
+    newer["model_config"]["hidden_dropout"] = 0.5  # a different setting is still refused
+    torch.save(newer, inputs[1])
+    with pytest.raises(NmtError, match="model_config differs"):
+        average_files(inputs, tmp_path / "average.pt")
+
+
 @pytest.mark.parametrize("alias", ["same path", "symlink", "hard link", "relative path"])
 def test_output_that_is_an_input_is_refused(inputs, tmp_path, monkeypatch, alias):
     target = inputs[1]

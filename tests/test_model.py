@@ -213,6 +213,10 @@ def test_tanh_through_sigmoid_is_torch_tanh_in_value_and_gradient() -> None:
     assert torch.autograd.gradcheck(tanh, (wide,))
     (grad,) = torch.autograd.grad(tanh(x.requires_grad_()).sum(), x)
     torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, atol=1e-6, rtol=0)
+    half = x.detach().bfloat16().requires_grad_()
+    (ours,) = torch.autograd.grad(tanh(half), half, torch.ones_like(half))
+    (torchs,) = torch.autograd.grad(torch.tanh(half), half, torch.ones_like(half))
+    torch.testing.assert_close(ours, torchs, atol=2**-8, rtol=0)  # one bf16 rounding, as torch's
 
 
 def test_first_decoder_layer_matches_torch_lstm_cell() -> None:
