@@ -28,10 +28,8 @@ from nmt.data import EncodedCorpus
 from nmt.errors import NmtError
 from nmt.vocab import UNK
 
-# taken from the checkpoint unless set on the command line, where it may differ: it shapes no weight
-ADJUSTABLE = tuple(
-    f"model.{name}" for name in ("dropout", "embed_dropout", "hidden_dropout", "attentional_dropout", "word_dropout")
-)
+# taken from the checkpoint unless set on the command line, where it may differ: a dropout shapes no weight
+ADJUSTABLE = tuple(f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if item.name.endswith("dropout"))
 # the network's shape, which the weights have: every model key but the dropouts
 ARCHITECTURE = tuple(
     f"model.{item.name}" for item in dataclasses.fields(ModelConfig) if f"model.{item.name}" not in ADJUSTABLE
