@@ -17,6 +17,7 @@ are torch.nn.LSTMCell's (gate order i, f, g, o); the upper layers are nn.LSTMCel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,14 @@ class DecoderState(NamedTuple):
         return DecoderState(
             self.h.index_select(1, order), self.c.index_select(1, order), self.feed.index_select(0, order)
         )
+
+    @staticmethod
+    def cat(states: Sequence[DecoderState]) -> DecoderState:
+        """The rows of several states, in order."""
+        return DecoderState(
+            torch.cat([s.h for s in states], dim=1), torch.cat([s.c for s in states], dim=1),
+            torch.cat([s.feed for s in states]),
+        )  # fmt: skip
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

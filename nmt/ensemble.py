@@ -8,6 +8,7 @@ file that differs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +49,16 @@ class Ensemble:
         outputs = [model.step(prev_tokens, *parts) for model, parts in zip(self.models, zip(state.parts, source.parts))]
         log_probs, states, attention = zip(*outputs)
         return torch.stack(log_probs).mean(dim=0), EnsembleState(states), torch.stack(attention).mean(dim=0)
+
+    def join(
+        self, parts: Sequence[tuple[EnsembleSource, EnsembleState]], src: torch.Tensor
+    ) -> tuple[EnsembleSource, EnsembleState]:
+        joined = [
+            model.join([(source.parts[m], state.parts[m]) for source, state in parts], src)
+            for m, model in enumerate(self.models)
+        ]
+        sources, states = zip(*joined)
+        return EnsembleSource(sources), EnsembleState(states)
 
     def vocabulary(self, source: EnsembleSource) -> torch.Tensor | None:
         """The models share one shortlist (`Translator.from_models`), so their columns are the first's."""

@@ -10,7 +10,7 @@ with a lexical shortlist (nmt/shortlist.py) the output layer cut to each batch's
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -57,6 +57,16 @@ class EncodedSource(NamedTuple):
     def index_select(self, order: torch.Tensor) -> EncodedSource:
         memory, keys, mask = (tensor.index_select(0, order) for tensor in (self.memory, self.keys, self.mask))
         return EncodedSource(memory, keys, mask, self.gate_table, self.output)
+
+    def fit(self, length: int) -> EncodedSource:
+        """The same sentences over `length` positions: cut (past every sentence's end) or padded."""
+        if length <= self.mask.size(1):
+            return self._replace(memory=self.memory[:, :length], keys=self.keys[:, :length], mask=self.mask[:, :length])
+        more = length - self.mask.size(1)
+        return self._replace(
+            memory=F.pad(self.memory, (0, 0, 0, more)), keys=F.pad(self.keys, (0, 0, 0, more)),
+            mask=F.pad(self.mask, (0, more), value=False),
+        )  # fmt: skip
 
 
 class Seq2Seq(nn.Module):
@@ -170,6 +180,17 @@ class InferenceModel:
 
     def vocabulary(self, source: EncodedSource) -> torch.Tensor | None:
         return self.model.vocabulary(source)
+
+    def join(
+        self, parts: Sequence[tuple[EncodedSource, DecoderState]], src: torch.Tensor
+    ) -> tuple[EncodedSource, DecoderState]:
+        """Several batches' sources and states as one (`SearchModel.join`); with a shortlist, the
+        output layer is cut again for all their sentences."""
+        sources = [source.fit(src.size(1)) for source, _ in parts]
+        memory, keys, mask = (torch.cat(tensors) for tensors in zip(*(source[:3] for source in sources)))
+        output = None if self.shortlist is None else output_rows(*self.output_weights, self.shortlist.vocabulary(src))
+        source = EncodedSource(memory, keys, mask, self.gate_table, output)
+        return source, DecoderState.cat([state for _, state in parts])
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, source: EncodedSource

@@ -20,13 +20,15 @@ so later steps only pay for the rest.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.vocab import BOS, EOS
+from nmt.vocab import BOS, EOS, PAD
 
 # Attention can underflow to exactly 0 on a source position; log 0 would make one ignored
 # word outweigh everything else, so coverage is floored here (log = -23).
@@ -56,6 +58,12 @@ class SearchModel(Protocol):
     def vocabulary(self, source: Any) -> torch.Tensor | None:
         """The target ids of the W columns of `step`'s log-probs for this encoded source, sorted
         (a batch's shortlist), or None: all V tokens, column i for token i."""
+        ...
+
+    def join(self, parts: Sequence[tuple[Any, Any]], src: torch.Tensor) -> tuple[Any, Any]:
+        """(encoded source, decoder state) of several groups of sentences as one batch, in order
+        (for `BeamSearch.add`); src (B, S) holds the ids of all their sentences, and each source is
+        cut or padded to S positions."""
         ...
 
 
@@ -101,27 +109,36 @@ def max_lengths(src_len: torch.Tensor, ratio: float, offset: int) -> torch.Tenso
 def ban_repeated_ngrams(
     log_probs: torch.Tensor, history: torch.Tensor, n: int, columns: Columns = EVERY_TOKEN
 ) -> torch.Tensor:
-    """log_probs (R, W), history (R, t) of tokens: a token that would complete an n-gram already in
-    the row's history gets -inf (in place)."""
+    """log_probs (R, W), history (R, t) of tokens, left-padded with -1 in rows that are younger: a
+    token that would complete an n-gram already in the row's history gets -inf (in place)."""
     if n <= 0 or history.size(1) < n:
         return log_probs
     windows = history.unfold(1, n, 1)  # (R, t - n + 1, n), every n-gram so far
     suffix = history[:, history.size(1) - n + 1 :].unsqueeze(1)  # (R, 1, n - 1), what the next n-gram starts with
-    rows, starts = (windows[:, :, :-1] == suffix).all(dim=2).nonzero(as_tuple=True)
+    seen = (windows[:, :, :-1] == suffix).all(dim=2) & (windows[:, :, 0] >= 0)  # a window of padding is no n-gram
+    rows, starts = seen.nonzero(as_tuple=True)
     banned, present = columns.of(windows[rows, starts, -1])
     log_probs[rows[present], banned[present]] = float("-inf")
     return log_probs
 
 
 def _constrain(
-    log_probs: torch.Tensor, t: int, at_limit: list[bool], history: torch.Tensor, cfg: DecodeConfig, columns: Columns
+    log_probs: torch.Tensor,
+    young: list[bool],
+    at_limit: list[bool],
+    history: torch.Tensor,
+    cfg: DecodeConfig,
+    columns: Columns,
 ) -> torch.Tensor:
     """Apply min length, no-repeat n-grams and the length limit to a step's log_probs (R, W);
-    at_limit is per row, on the host, so steps that force nothing cost nothing."""
+    `young` (under min_length) and `at_limit` are per row, on the host, so steps that force nothing
+    cost nothing."""
     limited = torch.tensor(at_limit, device=log_probs.device).nonzero().squeeze(1) if any(at_limit) else None
     eos = log_probs[limited, columns.eos] if limited is not None else None  # before min length: the limit wins
-    if t < cfg.min_length:
+    if all(young):
         log_probs[:, columns.eos] = float("-inf")
+    elif any(young):
+        log_probs[torch.tensor(young, device=log_probs.device), columns.eos] = float("-inf")
     log_probs = ban_repeated_ngrams(log_probs, history, cfg.no_repeat_ngram, columns)
     if limited is not None:  # rows at their limit may only end
         log_probs[limited] = float("-inf")
@@ -193,7 +210,8 @@ def greedy_search(
     hypotheses: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits) + 1):
         step_log_probs, state, attention = model.step(prev, state, source)
-        step_log_probs = _constrain(step_log_probs, t, [limit == t for limit in limits], history, cfg, columns)
+        young, at_limit = [t < cfg.min_length] * len(limits), [limit == t for limit in limits]
+        step_log_probs = _constrain(step_log_probs, young, at_limit, history, cfg, columns)
         chosen = sample(step_log_probs, cfg, generator) if cfg.sampling else step_log_probs.argmax(dim=1)
         log_prob += step_log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
         prev = columns.tokens(chosen)
@@ -223,48 +241,101 @@ def greedy_search(
 def beam_search(
     model: SearchModel, src: torch.Tensor, src_len: torch.Tensor, cfg: DecodeConfig
 ) -> list[list[Hypothesis]]:
-    """The `nbest` best of the hypotheses that beam search finishes, per sentence, best first.
+    """The `nbest` best of the hypotheses that beam search finishes, per sentence, best first:
+    a `BeamSearch` that every sentence joins at the start."""
+    beams = BeamSearch(model, cfg)
+    beams.add(src, src_len, list(range(src.size(0))))
+    found: dict[int, list[Hypothesis]] = {}
+    while beams.keys:
+        found.update(beams.step())
+    return [found[index] for index in range(src.size(0))]
 
-    Each step extends the K live hypotheses of every active sentence by every token and
-    keeps the top 2K of the K x V candidates: those ending in EOS within the first K are
-    finished, the first K others live on. A sentence is done with K finished hypotheses or
-    at its length limit, and then leaves the batch, so later steps only pay for the rest.
+
+class BeamSearch:
+    """Beam search over a batch that sentences may join between steps: continuous batching, as the
+    service runs it (requests' sentences join while others are under way, so the batch stays full).
+
+    Each step extends the K live hypotheses of every sentence by every token and keeps the top 2K
+    of its K x W candidates: those ending in EOS within the first K are finished, the first K
+    others live on. A sentence is done with K finished hypotheses or at its length limit, and then
+    leaves the batch. Every sentence counts its own steps (its age) for min_length, its length
+    limit and the length penalty; a sentence's search is the same whenever it joins (fp32 steps
+    are batch-invariant; a shortlist is cut for the sentences live together).
     """
-    device, K = src.device, cfg.beam_size
-    source, state = model.encode(src, src_len)
-    columns = Columns(model.vocabulary(source))
-    batch = src.size(0)
-    expand = torch.arange(batch, device=device).repeat_interleave(K)  # K rows a sentence, from the first step's end
-    limits = max_lengths(src_len, cfg.max_length_ratio, cfg.max_length_offset).tolist()  # on the host: no sync per step
-    lengths = src_len.to(device)[expand]  # (A*K,)
-    scores = torch.full((batch, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
-    prev = torch.full((batch,), BOS, dtype=torch.long, device=device)  # the K empty hypotheses share one row
-    history = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # tokens of each live hypothesis
-    alignment = torch.empty((batch * K, 0), dtype=torch.long, device=device)  # their most attended positions
-    use_coverage = cfg.coverage_penalty != 0.0
-    coverage = torch.zeros((batch * K, src.size(1) if use_coverage else 0), device=device)  # summed attention
-    num_finished = torch.zeros(batch, dtype=torch.long, device=device)
-    active = list(range(batch))  # original index of each active sentence
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for t in range(max(limits) + 1):
-        # (A*G, W), (A*G, S): G rows a sentence, one at the first step (its K beams are alike), else K
-        log_probs, state, attention = model.step(prev, state, source)
-        num_active, at_limit = len(active), [limit == t for limit in limits]
-        rows_each = log_probs.size(0) // num_active
-        at_limit_rows = [end for end in at_limit for _ in range(rows_each)]
-        log_probs = _constrain(log_probs, t, at_limit_rows, history, cfg, columns)
+
+    def __init__(self, model: SearchModel, cfg: DecodeConfig) -> None:
+        self.model, self.cfg, self.K = model, cfg, cfg.beam_size
+        self.use_coverage = cfg.coverage_penalty != 0.0
+        # per live sentence, on the host: the caller's key, steps so far, the step it must end at, its source length
+        self.keys: list[Any] = []
+        self.ages: list[int] = []
+        self.limits: list[int] = []
+        self.src_lengths: list[int] = []
+        self.found: list[list[Hypothesis]] = []  # its finished hypotheses
+        self.columns = EVERY_TOKEN
+        self.rows_each = 1  # state rows a sentence: 1 while every sentence is new (its K beams are alike), else K
+
+    def add(self, src: torch.Tensor, src_len: torch.Tensor, keys: list[Any]) -> None:
+        """Sentences src (B, S) padded ids, src_len (B,), known by `keys`, join at the next step."""
+        device, K, count = src.device, self.K, len(keys)
+        source, state = self.model.encode(src, src_len)
+        prev = torch.full((count,), BOS, dtype=torch.long, device=device)
+        if self.keys and self.rows_each == K:  # the others are under way: the newcomers take K rows at once
+            expand = torch.arange(count, device=device).repeat_interleave(K)
+            state, prev = state.index_select(expand), prev[expand]
+        scores = torch.full((count, K), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
+        width = self.history.size(1) if self.keys else 0
+        history = torch.full((count * K, width), -1, dtype=torch.long, device=device)  # left-padded with -1
+        coverage = torch.zeros((count * K, src.size(1) if self.use_coverage else 0), device=device)
+        parts = {
+            "src": src, "source": source, "state": state, "prev": prev, "scores": scores, "history": history,
+            "alignment": history, "coverage": coverage, "lengths": src_len.to(device).repeat_interleave(K),
+            "num_finished": torch.zeros(count, dtype=torch.long, device=device),
+        }  # fmt: skip
+        self.src_lengths += src_len.tolist()
+        if not self.keys:
+            self.rows_each = 1
+        else:
+            length = max(self.src_lengths)
+            parts["src"] = torch.cat([_fit(self.src, length, PAD), _fit(src, length, PAD)])
+            if self.use_coverage:
+                parts["coverage"] = torch.cat([_fit(self.coverage, length, 0.0), _fit(coverage, length, 0.0)])
+            parts["source"], parts["state"] = self.model.join(
+                [(self.source, self.state), (source, state)], parts["src"]
+            )
+            for name in ("prev", "scores", "history", "alignment", "lengths", "num_finished"):
+                parts[name] = torch.cat([getattr(self, name), parts[name]])
+        for name, value in parts.items():
+            setattr(self, name, value)
+        self.columns = Columns(self.model.vocabulary(self.source))
+        self.keys += keys
+        self.found += [[] for _ in keys]
+        self.ages += [0] * count
+        self.limits += max_lengths(src_len, self.cfg.max_length_ratio, self.cfg.max_length_offset).tolist()
+
+    def step(self) -> list[tuple[Any, list[Hypothesis]]]:
+        """Extend every live sentence by one token; the sentences done leave, each as (key, its
+        `nbest` best hypotheses, best first)."""
+        cfg, K, device, columns = self.cfg, self.K, self.prev.device, self.columns
+        # (A*G, W), (A*G, S): G rows a sentence, one at a first step for all (its K beams are alike), else K
+        log_probs, state, attention = self.model.step(self.prev, self.state, self.source)
+        num_active, G = len(self.keys), self.rows_each
+        at_limit = [age == limit for age, limit in zip(self.ages, self.limits)]
+        young = [age < cfg.min_length for age in self.ages]
+        log_probs = _constrain(log_probs, _rows(young, G), _rows(at_limit, G), self.history, cfg, columns)
         # a sentence's best 2K of its K x W candidates are among the best 2K tokens of each of its
         # rows, so the scores are added to K x 2K log-probs rather than K x W
         per_row = min(2 * K, log_probs.size(1))
         row_log_probs, row_columns = log_probs.topk(per_row, dim=1)  # (A*G, 2K)
         row_tokens = columns.tokens(row_columns)
-        if t == 0:
+        if G != K:
+            expand = torch.arange(num_active, device=device).repeat_interleave(K)
             row_log_probs, row_tokens, attention = row_log_probs[expand], row_tokens[expand], attention[expand]
             state = state.index_select(expand)
-        if use_coverage:
-            coverage += attention.float()
-        candidates = (scores.view(-1, 1) + row_log_probs).view(num_active, K * per_row)
+        if self.use_coverage:
+            self.coverage += attention.float()
+        candidates = (self.scores.view(-1, 1) + row_log_probs).view(num_active, K * per_row)
         top_scores, top_ids = candidates.topk(min(2 * K, K * per_row), dim=1)  # (A, 2K)
         top_beams, top_tokens = top_ids // per_row, row_tokens.view(num_active, -1).gather(1, top_ids)
         ends = top_tokens == EOS
@@ -272,34 +343,59 @@ def beam_search(
         finishing = ends & (rank < K) & top_scores.isfinite()  # (A, 2K)
         fin_a, fin_j = finishing.nonzero(as_tuple=True)
         if fin_a.numel():
-            rows = fin_a * K + top_beams[fin_a, fin_j]  # rows of this step that end
-            totals = top_scores[fin_a, fin_j]
-            fin_scores = totals / length_penalty(t + 1, cfg.length_penalty)
-            if use_coverage:
-                fin_scores += coverage_penalty(coverage[rows], lengths[rows], cfg.coverage_penalty)
-            for a, tokens, aligned, total, score in zip(
-                fin_a.tolist(), history[rows].tolist(), alignment[rows].tolist(), totals.tolist(), fin_scores.tolist()
-            ):
-                finished[active[a]].append(Hypothesis(tokens, score, total, aligned))
-            num_finished += finishing.sum(dim=1)
+            self._finish(fin_a, fin_a * K + top_beams[fin_a, fin_j], top_scores[fin_a, fin_j])
+            self.num_finished += finishing.sum(dim=1)
         # the first K candidates that do not end live on
         survivors = (ends.long() * top_ids.size(1) + rank).argsort(dim=1)[:, :K]
         scores = top_scores.gather(1, survivors)
         beams, tokens = top_beams.gather(1, survivors), top_tokens.gather(1, survivors)
-        done = (num_finished >= K) | ~scores[:, 0].isfinite()
+        done = (self.num_finished >= K) | ~scores[:, 0].isfinite()
         done |= torch.tensor(at_limit, device=device)
         keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            break
+        kept = keep.tolist()
+        leaving = [
+            (key, sorted(found, key=lambda h: h.score, reverse=True)[: cfg.nbest])
+            for key, found in itertools.compress(zip(self.keys, self.found), done.tolist())
+        ]
         rows = (keep.unsqueeze(1) * K + beams[keep]).view(-1)  # (A'*K,) rows of this step that live on
-        state = state.index_select(rows)
-        history = torch.cat([history[rows], tokens[keep].view(-1, 1)], dim=1)
-        alignment = torch.cat([alignment[rows], attention.argmax(dim=1, keepdim=True)[rows]], dim=1)
-        coverage = coverage[rows]
-        if keep.numel() < num_active:
-            source = source.index_select(keep)
-            kept = keep.tolist()
-            active, limits = [active[i] for i in kept], [limits[i] for i in kept]
-            num_finished, lengths = num_finished[keep], lengths[rows]
-        scores, prev = scores[keep], tokens[keep].view(-1)
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[: cfg.nbest] for hyps in finished]
+        self.state = state.index_select(rows)
+        self.rows_each = K
+        if len(kept) < num_active:
+            self.source, self.src = self.source.index_select(keep), self.src[keep]
+            self.num_finished = self.num_finished[keep]
+            lists = (self.keys, self.found, self.limits, self.src_lengths, self.ages)
+            self.keys, self.found, self.limits, self.src_lengths, self.ages = ([v[i] for i in kept] for v in lists)
+        self.ages = [age + 1 for age in self.ages]
+        width = max(self.ages, default=0)  # the oldest sentence's tokens; the columns before are padding
+        self.history = torch.cat([self.history[rows], tokens[keep].view(-1, 1)], dim=1)[:, -width or None :]
+        aligned = attention.argmax(dim=1, keepdim=True)[rows]
+        self.alignment = torch.cat([self.alignment[rows], aligned], dim=1)[:, -width or None :]
+        self.coverage, self.lengths = self.coverage[rows], self.lengths[rows]
+        self.scores, self.prev = scores[keep], tokens[keep].view(-1)
+        return leaving
+
+    def _finish(self, sentences: torch.Tensor, rows: torch.Tensor, totals: torch.Tensor) -> None:
+        """Hypotheses that end at this step: the row `rows` of each sentence of `sentences` with EOS,
+        of log-prob `totals`."""
+        cfg, indices = self.cfg, sentences.tolist()
+        penalties = [length_penalty(self.ages[a] + 1, cfg.length_penalty) for a in indices]
+        scores = totals / torch.tensor(penalties, device=totals.device)
+        if self.use_coverage:
+            scores += coverage_penalty(self.coverage[rows], self.lengths[rows], cfg.coverage_penalty)
+        for a, tokens, aligned, total, score in zip(
+            indices, self.history[rows].tolist(), self.alignment[rows].tolist(), totals.tolist(), scores.tolist()
+        ):
+            age = self.ages[a]
+            self.found[a].append(Hypothesis(tokens[len(tokens) - age :], score, total, aligned[len(aligned) - age :]))
+
+
+def _rows(per_sentence: list[bool], rows_each: int) -> list[bool]:
+    return per_sentence if rows_each == 1 else [value for value in per_sentence for _ in range(rows_each)]
+
+
+def _fit(tensor: torch.Tensor, length: int, fill: float) -> torch.Tensor:
+    """tensor (N, L, ...) cut or padded with `fill` to (N, length, ...)."""
+    if tensor.size(1) >= length:
+        return tensor[:, :length]
+    padding = tensor.new_full((tensor.size(0), length - tensor.size(1), *tensor.shape[2:]), fill)
+    return torch.cat([tensor, padding], dim=1)

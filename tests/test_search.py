@@ -11,12 +11,15 @@ from typing import NamedTuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 
 from nmt import checkpoint, synthetic
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import Seq2Seq
+from nmt.ensemble import Ensemble
+from nmt.model import InferenceModel, Seq2Seq
 from nmt.search import (
+    BeamSearch,
     Hypothesis,
     ban_repeated_ngrams,
     beam_search,
@@ -26,6 +29,7 @@ from nmt.search import (
     max_lengths,
     sample,
 )
+from nmt.shortlist import Shortlist
 from nmt.vocab import BOS, EOS, PAD, UNK
 
 A, B = 4, 5  # two ordinary target tokens
@@ -72,7 +76,8 @@ class ScriptedModel:
         rows = []
         attention = torch.zeros(fed.size(0), source.src.size(1))
         per_row = source.src.repeat_interleave(fed.size(0) // source.src.size(0), dim=0)  # beams share a source
-        for row, (src_row, fed_row) in enumerate(zip(per_row.tolist(), fed.tolist())):
+        for row, (src_row, padded_row) in enumerate(zip(per_row.tolist(), fed.tolist())):
+            fed_row = [token for token in padded_row if token != PAD]  # rows that joined later are left-padded
             assert fed_row[0] == BOS
             sentence = tuple(token for token in src_row if token != PAD)
             log_probs = [-math.inf] * self.vocab_size
@@ -85,6 +90,11 @@ class ScriptedModel:
 
     def vocabulary(self, source: FakeSource) -> None:
         return None  # every token has its column
+
+    def join(self, parts: list[tuple[FakeSource, FakeState]], src: torch.Tensor) -> tuple[FakeSource, FakeState]:
+        width = max(state.fed.size(1) for _, state in parts)
+        fed = [F.pad(state.fed, (width - state.fed.size(1), 0), value=PAD) for _, state in parts]
+        return FakeSource(src), FakeState(torch.cat(fed))
 
 
 def scripted(table: dict[tuple[int, ...], dict[int, float]]) -> ScriptedModel:
@@ -408,6 +418,77 @@ def test_greedy_gives_each_sentence_the_same_result_batched_or_alone() -> None:
     for row, hypotheses in enumerate(batched):
         (alone,) = greedy(ScriptedModel(hashed_next_tokens), one_sentence(batch, row), alpha=0.6, offset=2)
         assert hypotheses == alone
+
+
+def joined_search(
+    model: object, batch: Batch, cfg: DecodeConfig, joins: dict[int, list[int]]
+) -> tuple[list[list[Hypothesis]], list[list[int]]]:
+    """Beam search in one `BeamSearch` that the rows `joins[k]` of the batch join before step k;
+    also the live sentences' ages at each step."""
+    src, src_len = batch
+    beams, found, ages = BeamSearch(model, cfg), {}, []
+    for step in range(100):
+        if step in joins:
+            rows = joins[step]
+            beams.add(src[rows, : int(src_len[rows].max())], src_len[rows], rows)
+        if beams.keys:
+            ages.append(list(beams.ages))
+            found.update(beams.step())
+        if len(found) == len(src):
+            return [found[row] for row in range(len(src))], ages
+    raise AssertionError("the search did not end")
+
+
+JOINS = {0: [0, 1], 2: [2], 3: [3, 4], 5: [5]}
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [
+        {"beam_size": 3, "length_penalty": 0.6},
+        {"beam_size": 4, "no_repeat_ngram": 2, "min_length": 3, "coverage_penalty": 0.4},
+        {"beam_size": 1},
+    ],
+    ids=["beam", "constraints and coverage", "beam of one"],
+)
+def test_a_sentence_that_joins_a_search_under_way_gets_what_it_gets_alone(decode: dict) -> None:
+    """Continuous batching: each sentence's hypotheses and scores are the same whichever step it
+    joins at, with its own min length, length limit, n-grams, coverage and length penalty."""
+    batch = sources(3, 2, 6, 2, 4, 5)
+    cfg = DecodeConfig(max_length_ratio=1.0, max_length_offset=2, nbest=decode["beam_size"], **decode)
+    attend = lambda prefix: len(prefix) % 2  # noqa: E731  coverage then depends on the length
+    joined, ages = joined_search(ScriptedModel(hashed_next_tokens, attend=attend), batch, cfg, JOINS)
+
+    assert any(0 in step and max(step) > 0 for step in ages), "no sentence joined others under way"
+    for row, hypotheses in enumerate(joined):
+        src, src_len = one_sentence(batch, row)
+        (alone,) = beam_search(ScriptedModel(hashed_next_tokens, attend=attend), src, src_len, cfg)
+        assert len(hypotheses) == decode["beam_size"]
+        assert hypotheses == alone
+
+
+def test_joining_is_batch_invariant_on_real_models_and_cuts_the_shortlist_for_the_live_sentences() -> None:
+    """fp32 models, one and an ensemble: the same tokens and scores joined or alone; with a
+    shortlist, the output layer after a join is cut for the sentences then live."""
+    batch = random_sources(3, [5, 2, 7, 3, 4, 6])
+    cfg = DecodeConfig(beam_size=4, nbest=4, max_length_ratio=1.5, max_length_offset=3, no_repeat_ngram=3)
+    models = [InferenceModel(small_seq2seq(seed)) for seed in (3, 4)]
+    for model in (models[0], Ensemble(models)):
+        joined, _ = joined_search(model, batch, cfg, JOINS)
+        for row, hypotheses in enumerate(joined):
+            (alone,) = beam_search(model, *one_sentence(batch, row), cfg)
+            assert [h.tokens for h in hypotheses] == [h.tokens for h in alone]
+            assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+    table = {"per_source": torch.randint(EOS + 1, 25, (30, 2), dtype=torch.int32), "frequent": torch.tensor([7, 8])}
+    shortlist = Shortlist(table, 2, 2, torch.device("cpu"))
+    beams = BeamSearch(InferenceModel(small_seq2seq(3), shortlist), cfg)
+    src, src_len = batch
+    beams.add(src[:2, :5], src_len[:2], [0, 1])
+    beams.step()
+    beams.add(src[2:4], src_len[2:4], [2, 3])
+    live = src[[row for row in range(4) if row in beams.keys]]
+    assert torch.equal(beams.model.vocabulary(beams.source), shortlist.vocabulary(live))
 
 
 class Shortlisted:
