@@ -1,11 +1,12 @@
-"""A served model: its inference process, and the queue from which a dispatcher thread batches the
-sentences of waiting requests for it (nmt/service.py puts requests in, answers them when done).
+"""A served model: its inference process, and the queue from which the server feeds it requests.
 
 The model lives in a process of its own (spawned), so that torch never waits for the event loop's
 GIL (in a thread, next to an asyncio loop busy with loopback round trips, the tiny test model
-translated 15-17 batches of 32 sentences a second against 34-38 alone), and
-the server process holds no torch at all. A sentence's translation does not depend on the requests
-it was batched with (fp32 search is batch-invariant).
+translated 15-17 batches of 32 sentences a second against 34-38 alone), and the server process
+holds no torch at all. There, requests join the running beam search at its next step and each is
+answered when its last sentence is done (continuous batching, nmt/continuous.py); the server
+sends a request as soon as the process has room for it within decode.batch_tokens. A sentence's
+translation does not depend on the requests it was searched with (fp32 search is batch-invariant).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import os
@@ -27,9 +29,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from nmt.config import ServeConfig, ServedModel
-from nmt.errors import LineError, NmtError
+from nmt.errors import NmtError
 
 log = logging.getLogger(__name__)
+Options = tuple[tuple[str, Any], ...]  # as nmt.continuous.Options (imported in the model's process only)
 
 
 class ServiceError(Exception):
@@ -69,21 +72,22 @@ class Pending:
     """One request's sentences waiting for, or in, a worker."""
 
     texts: list[str]
-    options: tuple[tuple[str, Any], ...]  # its REQUEST_OPTIONS, sorted: requests alike share a search
+    options: Options  # its REQUEST_OPTIONS, sorted: requests alike share a search
     cost: int  # roughly its search rows x source tokens in a batch (words stand for subwords)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 def inference_process(connections: list[Connection], spec: ServedModel, niceness: int) -> None:
     """The process that holds one model: it loads and warms up the model, says so on each of its
-    connections, then a thread per connection (the model's decode.streams: batches translated side
-    by side, sharing one copy of the model) translates each batch sent there until None comes. A
+    connections, then a thread per connection (the model's decode.streams: searches run side by
+    side, sharing one copy of the model) translates the requests sent there until None comes. A
     process of its own, so that torch never waits for the event loop's GIL (in a thread, a busy loop
     starved the model), and so that the parent holds no torch at all. It runs `niceness` below the
     server, so that a flood of requests cannot keep the server from answering /healthz or refusing
     what it cannot take."""
     os.nice(niceness)
-    from nmt.translator import Translator  # torch only here
+    from nmt.continuous import ContinuousBatches, joins  # torch only here
+    from nmt.translator import Translator
 
     try:  # loading divides the threads among the streams
         loaded = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
@@ -92,17 +96,36 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
         for connection in connections:
             connection.send(("failed", str(error)))
         return
-    # here the streams are the serving threads: each searches the batches it is sent in one stream
+    # here the streams are the serving threads: each searches its requests in one stream
     translator = Translator(
         loaded.model, loaded.src_pipeline, loaded.tgt_pipeline, dataclasses.replace(loaded.cfg, streams=1)
     )
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
 
     def serve(connection: Connection) -> None:
+        """Requests come as lists of (key, options, texts), None to stop (sent when none is in
+        flight); each step of the searches sends back (answers, batches) as `Worker._receive` reads."""
         connection.send(("ready", languages))
-        while (job := connection.recv()) is not None:
-            options, requests = job
-            connection.send(translate_requests(translator.with_options(**dict(options)), requests))
+        running = ContinuousBatches(translator)
+        while True:
+            try:
+                requests = [] if running.busy else connection.recv()  # idle: wait for work
+            except EOFError:  # the server is gone
+                return
+            while requests is not None and connection.poll():
+                more = connection.recv()
+                requests = None if more is None else requests + more
+            if requests is None:
+                return
+            if joins(translator.cfg):
+                answers, batches = running.add(requests), []
+            else:
+                answers, batches = translate_apart(translator, requests)
+            if running.busy:
+                done, batches = running.step()
+                answers += done
+            if answers or batches:
+                connection.send(([plain(answer) for answer in answers], batches))
 
     streams = [threading.Thread(target=serve, args=(connection,)) for connection in connections]
     for stream in streams:
@@ -111,39 +134,54 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
         stream.join()
 
 
-def translate_requests(translator: Any, requests: list[list[str]]) -> list[tuple[str, Any]]:
-    """Each request's texts translated together with the others': per request ("ok", translations
-    as plain data, target subwords) or ("error", message). A request whose sentence is refused (too
-    long) gets its error and the others are translated without it."""
-    answers: dict[int, tuple[str, Any]] = {}
-    left = list(range(len(requests)))
-    while left:
-        lines = [text for index in left for text in requests[index]]
-        try:
-            results = translator.translate(lines)
-        except LineError as error:
-            position = error.index
-            for index in left:  # the request holding line `error.index`
-                if position < len(requests[index]):
-                    answers[index] = ("error", f"text {position}: {error.reason}")
-                    left.remove(index)
-                    break
-                position -= len(requests[index])
-            continue
-        start = 0
-        for index in left:
-            mine = results[start : start + len(requests[index])]
-            start += len(requests[index])
-            plain = [[(t.text, t.score, t.alignment) for t in hyps] for hyps in mine]
-            answers[index] = ("ok", (plain, sum(len(hyps[0].tokens) for hyps in mine)))
-        left = []
-    return [answers[index] for index in range(len(requests))]
+def translate_apart(translator: Any, requests: list[tuple[int, Options, list[str]]]) -> tuple[list, list]:
+    """Requests that cannot join a search under way (sampling, MBR): those with the same options
+    translated together, as one batch; their answers and (sentences, source subwords) per batch."""
+    from nmt.continuous import Answer
+    from nmt.errors import LineError
+
+    groups: dict[Options, list[tuple[int, list[str]]]] = collections.defaultdict(list)
+    for key, options, texts in requests:
+        groups[options].append((key, texts))
+    answers, batches = [], []
+    for options, group in groups.items():
+        searcher = translator.with_options(**dict(options))
+        accepted, subwords = [], 0
+        for key, texts in group:
+            try:
+                subwords += sum(len(ids) for ids in searcher.source_ids(texts))
+                accepted.append((key, texts))
+            except LineError as error:
+                answers.append(Answer(key, None, f"text {error.index}: {error.reason}"))
+        results = iter(searcher.translate([text for _, texts in accepted for text in texts]))
+        answers += [Answer(key, [next(results) for _ in texts]) for key, texts in accepted]
+        batches.append((sum(len(texts) for _, texts in accepted), subwords))
+    return answers, batches
+
+
+def plain(answer: Any) -> tuple[int, str, Any]:
+    """An `Answer` as plain data for the pipe: (key, "error", message) or (key, "ok", (per text its
+    (text, score, alignment) best first, target subwords of the best translations))."""
+    if answer.results is None:
+        return answer.key, "error", answer.error
+    texts = [[(t.text, t.score, t.alignment) for t in hyps] for hyps in answer.results]
+    return answer.key, "ok", (texts, sum(len(hyps[0].tokens) for hyps in answer.results))
+
+
+@dataclass(eq=False)
+class Link:
+    """One connection to an inference process (one of its streams) and the requests it is translating."""
+
+    connection: Connection
+    in_flight: dict[int, Pending] = field(default_factory=dict)
+    cost: int = 0  # of the requests in flight
+    alive: bool = True
 
 
 class Worker:
-    """One model: its inference processes (`serve.processes`, each translating decode.streams batches
-    side by side), and the queue from which a dispatcher thread per stream takes the sentences of
-    waiting requests to translate them together."""
+    """One model: its inference processes (`serve.processes`, each running decode.streams searches
+    side by side), and the queue of requests waiting for them. A sender thread per stream sends it
+    the requests that fit (`_take`), a receiver thread answers them as they are done."""
 
     def __init__(self, name: str, spec: ServedModel, cfg: ServeConfig, metrics: Metrics) -> None:
         self.name, self.decode, self.cfg, self.metrics = name, spec.decode, cfg, metrics
@@ -152,8 +190,10 @@ class Worker:
         self._sentences = 0  # in _waiting
         self._changed = threading.Condition()
         self._stopping = False
+        self._keys = itertools.count()
         spawn = multiprocessing.get_context("spawn")
-        self._connections, self._processes, self._threads = [], [], []
+        self._links: list[Link] = []
+        self._processes, self._threads = [], []
         for number in range(cfg.processes):
             pipes = [spawn.Pipe() for _ in range(spec.decode.streams)]
             process = spawn.Process(
@@ -163,20 +203,21 @@ class Worker:
                 daemon=True,
             )
             process.start()
+            for _, child in pipes:  # the process holds them now; closed here, its exit reads as EOF
+                child.close()
             self._processes.append(process)
             for stream, (connection, _) in enumerate(pipes):
-                self._connections.append(connection)
-                self._threads.append(
-                    threading.Thread(
-                        target=self._run, args=(connection,), name=f"nmt-dispatch-{name}-{number}.{stream}", daemon=True
-                    )
-                )
+                link = Link(connection)
+                self._links.append(link)
+                for role, target in (("send", self._send), ("receive", self._receive)):
+                    thread_name = f"nmt-{role}-{name}-{number}.{stream}"
+                    self._threads.append(threading.Thread(target=target, args=(link,), name=thread_name, daemon=True))
 
     def wait_loaded(self) -> None:
         """Block until the model is loaded and warmed up; NmtError if it could not be."""
-        for connection in self._connections:
+        for link in self._links:
             try:
-                status, detail = connection.recv()
+                status, detail = link.connection.recv()
             except EOFError:
                 raise NmtError(f"model {self.name!r}: its process ended while loading") from None
             if status == "failed":
@@ -195,6 +236,8 @@ class Worker:
         rows = request.search_rows()  # an MBR model's rows count in full
         pending = Pending(texts, tuple(sorted(options.items())), rows * sum(len(t.split()) + 2 for t in texts))
         with self._changed:
+            if not any(link.alive for link in self._links):
+                raise ServiceError(500, f"model {self.name!r} is not running")
             if self._sentences + len(texts) > self.cfg.max_queue:
                 raise ServiceError(
                     429, f"the queue of model {self.name!r} is full ({self.cfg.max_queue} sentences); retry later",
@@ -202,7 +245,7 @@ class Worker:
                 )  # fmt: skip
             self._waiting.append(pending)
             self._count(len(texts))
-            self._changed.notify()
+            self._changed.notify_all()
         return pending
 
     def withdraw(self, pending: Pending) -> None:
@@ -213,15 +256,13 @@ class Worker:
                 self._count(-len(pending.texts))
 
     def stop(self) -> None:
+        """Answer what was accepted, then stop the processes."""
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
-        for connection in self._connections:
-            with contextlib.suppress(OSError):  # the process may be gone already
-                connection.send(None)
         for process in self._processes:
             process.join(timeout=10)
             if process.is_alive():
@@ -231,50 +272,76 @@ class Worker:
         self._sentences += change
         self.metrics.queue.labels(self.name).set(self._sentences)
 
-    def _take(self) -> list[Pending]:
-        """Wait for a request, then up to max_wait_ms for others, and take about one batch's worth."""
+    def _fits(self, link: Link) -> bool:
+        return bool(self._waiting) and (not link.cost or link.cost + self._waiting[0].cost <= self.decode.batch_tokens)
+
+    def _take(self, link: Link) -> list[tuple[int, Pending]] | None:
+        """Wait until a request waits and `link`'s stream has room for it within batch_tokens; if the
+        stream is idle, up to max_wait_ms more for others, so that its first step holds them; then
+        take what fits. None once stopping with nothing left to send."""
         with self._changed:
-            while not self._waiting and not self._stopping:
+            while not self._fits(link):
+                if not link.alive or (self._stopping and not self._waiting):
+                    return None
                 self._changed.wait()
-            deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
-            while (left := deadline - time.monotonic()) > 0 and not self._stopping:
-                if sum(p.cost for p in self._waiting) >= self.decode.batch_tokens:
-                    break
-                self._changed.wait(left)
-            taken, budget = [], self.decode.batch_tokens
-            while self._waiting and (not taken or budget >= self._waiting[0].cost):
+            if not link.cost:
+                deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
+                while (left := deadline - time.monotonic()) > 0 and not self._stopping:
+                    if sum(p.cost for p in self._waiting) >= self.decode.batch_tokens:
+                        break
+                    self._changed.wait(left)
+            taken = []
+            while self._fits(link):
                 pending = self._waiting.popleft()
                 self._count(-len(pending.texts))
                 if pending.future.set_running_or_notify_cancel():  # False: its client is gone
-                    taken.append(pending)
-                    budget -= pending.cost
+                    key = next(self._keys)
+                    taken.append((key, pending))
+                    link.in_flight[key] = pending
+                    link.cost += pending.cost
             return taken
 
-    def _run(self, connection: Connection) -> None:
-        while not self._stopping or self._waiting:
-            groups: dict[tuple, list[Pending]] = collections.defaultdict(list)
-            for pending in self._take():
-                groups[pending.options].append(pending)
-            for options, group in groups.items():
-                self._translate(connection, options, group)
+    def _send(self, link: Link) -> None:
+        """Send `link`'s stream the requests it has room for; once stopping and all are answered, None."""
+        while (taken := self._take(link)) is not None:
+            with contextlib.suppress(OSError):  # the model's process died: _receive answers them 500
+                link.connection.send([(key, pending.options, pending.texts) for key, pending in taken])
+        with self._changed:
+            while link.in_flight and link.alive:
+                self._changed.wait()
+        with contextlib.suppress(OSError):  # the process may be gone already
+            link.connection.send(None)
 
-    def _translate(self, connection: Connection, options: tuple, group: list[Pending]) -> None:
-        try:
-            connection.send((options, [pending.texts for pending in group]))
-            answers = connection.recv()
-        except (EOFError, OSError) as error:  # the model's process died: answer 500, say why in the log
-            log.error("model %s: its process is gone (%s)", self.name, error)
-            for pending in group:
-                pending.future.set_exception(ServiceError(500, f"model {self.name!r} is not running"))
-            return
-        sentences = tokens = 0
-        for pending, (status, detail) in zip(group, answers):
-            if status == "error":
-                pending.future.set_exception(ServiceError(422, detail))
-                continue
-            results, subwords = detail
-            pending.future.set_result(results)
-            sentences, tokens = sentences + len(results), tokens + subwords
-        self.metrics.batch_sentences.labels(self.name).observe(sentences)
-        self.metrics.batch_tokens.labels(self.name).observe(tokens)
-        self.metrics.tokens.labels(self.name).inc(tokens)
+    def _receive(self, link: Link) -> None:
+        """Answer the requests of `link`'s stream as they are done; 500 for those in flight if its process dies."""
+        while True:
+            try:
+                answers, batches = link.connection.recv()
+            except (EOFError, OSError):
+                break
+            for sentences, subwords in batches:
+                self.metrics.batch_sentences.labels(self.name).observe(sentences)
+                self.metrics.batch_tokens.labels(self.name).observe(subwords)
+            with self._changed:
+                done = [(link.in_flight.pop(key), status, detail) for key, status, detail in answers]
+                link.cost -= sum(pending.cost for pending, _, _ in done)
+                self._changed.notify_all()
+            for pending, status, detail in done:
+                if status == "error":
+                    pending.future.set_exception(ServiceError(422, detail))
+                    continue
+                results, subwords = detail
+                pending.future.set_result(results)
+                self.metrics.tokens.labels(self.name).inc(subwords)
+        with self._changed:
+            link.alive = False
+            lost, link.in_flight = list(link.in_flight.values()), {}
+            if not any(other.alive for other in self._links):  # nothing will take the waiting requests
+                lost += [pending for pending in self._waiting if pending.future.set_running_or_notify_cancel()]
+                self._waiting.clear()
+                self._count(-self._sentences)
+            self._changed.notify_all()
+        if lost or not self._stopping:
+            log.error("model %s: its process is gone", self.name)
+        for pending in lost:
+            pending.future.set_exception(ServiceError(500, f"model {self.name!r} is not running"))

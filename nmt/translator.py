@@ -121,7 +121,7 @@ class Translator:
 
     def translate(self, lines: Sequence[str], track: Track = iter) -> list[list[Translation]]:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
-        src_ids = [self._source(index, ids) for index, ids in enumerate(self.src_pipeline.encode(lines))]
+        src_ids = self.source_ids(lines)
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
         results = [[Translation("", 0.0, [], [])] for _ in lines]  # what a blank line gets
         nonempty = np.flatnonzero(lengths > 0)
@@ -138,7 +138,7 @@ class Translator:
             searched = streams.map(search_batch, batches) if streams else map(search_batch, batches)
             for indices, found in zip(track(batches), searched):
                 for index, hyps in zip(indices, found):
-                    translations = [self._translation(lines[index], h) for h in hyps]
+                    translations = [self.translation(lines[index], h) for h in hyps]
                     results[index] = translations if self.utility is None else self._mbr(translations, self.utility)
         finally:
             if streams:
@@ -160,15 +160,19 @@ class Translator:
         ranked = mbr.rank([candidate.text for candidate in candidates], utility)
         return [dataclasses.replace(candidates[index], score=expected) for index, expected in ranked[: self.cfg.nbest]]
 
-    def _source(self, index: int, ids: list[int]) -> np.ndarray:
-        limit = self.cfg.max_source_length
-        if len(ids) > limit and not self.cfg.truncate_source:
-            raise LineError(
-                index,
-                f"{len(ids)} subwords, over max_source_length={limit} (--max-source-length, decode.*); split "
-                "the line, raise the limit, or cut such lines with --truncate-source (decode.truncate_source=true)",
-            )
-        return np.asarray(ids[:limit], dtype=np.int64)
+    def source_ids(self, lines: Sequence[str]) -> list[np.ndarray]:
+        """Each line's source subword ids (none for a blank line); LineError names the first line over
+        max_source_length unless decode.truncate_source cuts it."""
+        limit, ids = self.cfg.max_source_length, self.src_pipeline.encode(lines)
+        for index, sentence in enumerate(ids):
+            if len(sentence) > limit and not self.cfg.truncate_source:
+                raise LineError(
+                    index,
+                    f"{len(sentence)} subwords, over max_source_length={limit} (--max-source-length, decode.*); "
+                    "split the line, raise the limit, or cut such lines with --truncate-source "
+                    "(decode.truncate_source=true)",
+                )
+        return [np.asarray(sentence[:limit], dtype=np.int64) for sentence in ids]
 
     def attention(self, lines: Sequence[str], translations: Sequence[Translation]) -> list[AttentionMap | None]:
         """The full attention matrix of each (line, translation of it), by reading the translation
@@ -179,7 +183,7 @@ class Translator:
                 lines, [t.tokens for t in translations], self.cfg.batch_tokens, self.cfg.max_source_length,
             )  # fmt: skip
 
-    def _translation(self, line: str, hypothesis: Hypothesis) -> Translation:
+    def translation(self, line: str, hypothesis: Hypothesis) -> Translation:
         words = self.tgt_pipeline.words(hypothesis.tokens)
         if self.cfg.replace_unk and UNK in hypothesis.tokens:
             words = self._replace_unk(line, hypothesis, words)

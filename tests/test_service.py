@@ -339,7 +339,7 @@ def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_st
         for thread in threads:
             thread.join()
         assert len(state.workers["m"]._processes) == processes  # each holding one copy of the model
-        assert len(state.workers["m"]._threads) == processes * streams  # a dispatcher per stream
+        assert len(state.workers["m"]._links) == processes * streams  # a sender and a receiver per stream
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         for process in state.workers["m"]._processes:  # the model yields the CPU to the HTTP side
             assert os.getpriority(os.PRIO_PROCESS, process.pid) == min(ours + 3, 19)

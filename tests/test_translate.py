@@ -194,9 +194,9 @@ def test_replace_unk_copies_the_most_attended_source_word(restored: tuple) -> No
     words = src.moses.tokenize(line)
     first_piece_of_third_word = sum(len(pieces) for pieces in src.segment([[w] for w in words[:2]]))
     hypothesis = Hypothesis([UNK, UNK], 0.0, 0.0, alignment=[0, first_piece_of_third_word])
-    plain = Translator.from_models([model], src, tgt, DecodeConfig())._translation(line, hypothesis)
+    plain = Translator.from_models([model], src, tgt, DecodeConfig()).translation(line, hypothesis)
     replacing = Translator.from_models([model], src, tgt, DecodeConfig(replace_unk=True))
-    replaced = replacing._translation(line, hypothesis)
+    replaced = replacing.translation(line, hypothesis)
     assert plain.text == "<unk> <unk>"
     assert replaced.text == f"Zorblax {words[2]}"
 

@@ -1,0 +1,113 @@
+"""Continuous batching: requests' sentences join a beam search under way, between two of its steps.
+
+A static batch runs until its slowest sentence ends, while the requests that arrived meanwhile
+wait for the next; a served model whose clients each wait for their last answer before asking
+again then translates half-empty batches. Here every request's sentences join the running search
+(`nmt.search.BeamSearch`) of requests with the same search options at its next step, and each
+request is answered as soon as its last sentence is done, so the batch stays as full as the
+clients keep it. A sentence's translation is the one it gets alone (fp32; tested).
+
+Sampling and MBR cannot join a search under way: their requests are translated as a batch of
+their own (`Translator.translate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nmt.config import DecodeConfig
+from nmt.errors import LineError
+from nmt.precision import autocast
+from nmt.search import BeamSearch
+from nmt.translator import Translation, Translator
+from nmt.vocab import pad
+
+Options = tuple[tuple[str, Any], ...]  # a request's search options, sorted: requests alike share a search
+
+
+def joins(cfg: DecodeConfig) -> bool:
+    """Whether requests searched with `cfg` can join a search under way (not sampled, no MBR)."""
+    return not cfg.sampling and cfg.mbr_utility == "none"
+
+
+@dataclass
+class Request:
+    translator: Translator  # the model with the request's options
+    texts: list[str]
+    results: list[list[Translation] | None]
+    left: int  # sentences not done yet
+
+
+@dataclass
+class Answer:
+    key: Any
+    results: list[list[Translation]] | None  # per text, its translations best first; None if refused
+    error: str = ""  # why the request was refused (a text's LineError)
+
+
+class ContinuousBatches:
+    """The running searches of one model, one per set of search options, that requests join."""
+
+    def __init__(self, translator: Translator) -> None:
+        self.translator = translator
+        self.searches: dict[Options, tuple[Translator, BeamSearch]] = {}
+        self.requests: dict[Any, Request] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.searches)
+
+    def add(self, requests: list[tuple[Any, Options, list[str]]]) -> list[Answer]:
+        """Requests (key, options, texts) whose options `joins`; their sentences join the search for
+        their options at its next step. Answered at once: requests with nothing to search (blank
+        texts only) and those with a text over max_source_length."""
+        answers, joining = [], {}
+        for key, options, texts in requests:
+            translator = self.translator.with_options(**dict(options))
+            try:
+                ids = translator.source_ids(texts)
+            except LineError as error:
+                answers.append(Answer(key, None, f"text {error.index}: {error.reason}"))
+                continue
+            blank = [Translation("", 0.0, [], [])]
+            request = Request(translator, texts, [None if len(s) else blank for s in ids], sum(len(s) > 0 for s in ids))
+            if not request.left:
+                answers.append(Answer(key, request.results))
+                continue
+            self.requests[key] = request
+            sentences = joining.setdefault(options, ([], []))
+            for index, sentence in enumerate(ids):
+                if len(sentence):
+                    sentences[0].append((key, index))
+                    sentences[1].append(sentence)
+        for options, (keys, ids) in joining.items():
+            translator = self.requests[keys[0][0]].translator
+            translator, search = self.searches.setdefault(
+                options, (translator, BeamSearch(translator.model, translator.cfg))
+            )
+            lengths = torch.tensor([len(sentence) for sentence in ids])
+            with autocast(translator.cfg.precision, translator.device):
+                search.add(pad(ids).to(translator.device), lengths, keys)
+        return answers
+
+    def step(self) -> tuple[list[Answer], list[tuple[int, int]]]:
+        """One step of every running search: the requests now done, and per search its live
+        sentences and their source subwords (the step's batch)."""
+        answers, batches = [], []
+        for options, (translator, search) in list(self.searches.items()):
+            batches.append((len(search.keys), sum(search.src_lengths)))
+            with autocast(translator.cfg.precision, translator.device):
+                done = search.step()
+            for (key, index), hypotheses in done:
+                request = self.requests[key]
+                request.results[index] = [translator.translation(request.texts[index], h) for h in hypotheses]
+                request.left -= 1
+                if not request.left:
+                    del self.requests[key]
+                    answers.append(Answer(key, request.results))
+            if not search.keys:
+                del self.searches[options]
+        return answers, batches
