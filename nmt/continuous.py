@@ -13,9 +13,10 @@ their own (`Translator.translate`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from nmt.config import DecodeConfig
@@ -26,6 +27,7 @@ from nmt.translator import Translation, Translator
 from nmt.vocab import pad
 
 Options = tuple[tuple[str, Any], ...]  # a request's search options, sorted: requests alike share a search
+JOIN_WAIT = 3  # steps a sentence waits at most to join a search under way (`Lane.join`)
 
 
 def joins(cfg: DecodeConfig) -> bool:
@@ -48,23 +50,48 @@ class Answer:
     error: str = ""  # why the request was refused (a text's LineError)
 
 
+@dataclass
+class Lane:
+    """The search of the requests with one set of options, and the sentences waiting to join it."""
+
+    translator: Translator  # the model with those options
+    search: BeamSearch
+    waiting: list[tuple[Any, int]] = field(default_factory=list)  # (request key, text index) of each
+    ids: list[np.ndarray] = field(default_factory=list)  # their source ids
+    waited: int = 0  # steps the first of them has waited
+
+    def join(self) -> None:
+        """Let the waiting sentences join at the next step if they are a quarter of the live ones
+        or have waited JOIN_WAIT steps: encoding a few sentences costs about what encoding a few
+        dozen does (its time steps run one by one), and a quarter of a step, so each joining
+        alone would cost a fifth of the throughput."""
+        live = len(self.search.keys)
+        if not self.waiting or (4 * len(self.waiting) < live and self.waited < JOIN_WAIT):
+            self.waited += bool(self.waiting)
+            return
+        lengths = torch.tensor([len(sentence) for sentence in self.ids])
+        with autocast(self.translator.cfg.precision, self.translator.device):
+            self.search.add(pad(self.ids).to(self.translator.device), lengths, self.waiting)
+        self.waiting, self.ids, self.waited = [], [], 0
+
+
 class ContinuousBatches:
     """The running searches of one model, one per set of search options, that requests join."""
 
     def __init__(self, translator: Translator) -> None:
         self.translator = translator
-        self.searches: dict[Options, tuple[Translator, BeamSearch]] = {}
+        self.lanes: dict[Options, Lane] = {}
         self.requests: dict[Any, Request] = {}
 
     @property
     def busy(self) -> bool:
-        return bool(self.searches)
+        return bool(self.lanes)
 
     def add(self, requests: list[tuple[Any, Options, list[str]]]) -> list[Answer]:
-        """Requests (key, options, texts) whose options `joins`; their sentences join the search for
-        their options at its next step. Answered at once: requests with nothing to search (blank
-        texts only) and those with a text over max_source_length."""
-        answers, joining = [], {}
+        """Requests (key, options, texts) whose options `joins`; their sentences will join the
+        search for their options (`Lane.join`). Answered at once: requests with nothing to search
+        (blank texts only) and those with a text over max_source_length."""
+        answers = []
         for key, options, texts in requests:
             translator = self.translator.with_options(**dict(options))
             try:
@@ -78,26 +105,22 @@ class ContinuousBatches:
                 answers.append(Answer(key, request.results))
                 continue
             self.requests[key] = request
-            sentences = joining.setdefault(options, ([], []))
+            lane = self.lanes.setdefault(options, Lane(translator, BeamSearch(translator.model, translator.cfg)))
             for index, sentence in enumerate(ids):
                 if len(sentence):
-                    sentences[0].append((key, index))
-                    sentences[1].append(sentence)
-        for options, (keys, ids) in joining.items():
-            translator = self.requests[keys[0][0]].translator
-            translator, search = self.searches.setdefault(
-                options, (translator, BeamSearch(translator.model, translator.cfg))
-            )
-            lengths = torch.tensor([len(sentence) for sentence in ids])
-            with autocast(translator.cfg.precision, translator.device):
-                search.add(pad(ids).to(translator.device), lengths, keys)
+                    lane.waiting.append((key, index))
+                    lane.ids.append(sentence)
         return answers
 
     def step(self) -> tuple[list[Answer], list[tuple[int, int]]]:
         """One step of every running search: the requests now done, and per search its live
         sentences and their source subwords (the step's batch)."""
         answers, batches = [], []
-        for options, (translator, search) in list(self.searches.items()):
+        for options, lane in list(self.lanes.items()):
+            lane.join()
+            translator, search = lane.translator, lane.search
+            if not search.keys:  # its sentences wait to join
+                continue
             batches.append((len(search.keys), sum(search.src_lengths)))
             with autocast(translator.cfg.precision, translator.device):
                 done = search.step()
@@ -108,6 +131,6 @@ class ContinuousBatches:
                 if not request.left:
                     del self.requests[key]
                     answers.append(Answer(key, request.results))
-            if not search.keys:
-                del self.searches[options]
+            if not search.keys and not lane.waiting:
+                del self.lanes[options]
         return answers, batches

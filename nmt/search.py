@@ -275,6 +275,7 @@ class BeamSearch:
         self.columns = EVERY_TOKEN
         self.rows_each = 1  # state rows a sentence: 1 while every sentence is new (its K beams are alike), else K
 
+    @torch.no_grad()
     def add(self, src: torch.Tensor, src_len: torch.Tensor, keys: list[Any]) -> None:
         """Sentences src (B, S) padded ids, src_len (B,), known by `keys`, join at the next step."""
         device, K, count = src.device, self.K, len(keys)
@@ -314,6 +315,7 @@ class BeamSearch:
         self.ages += [0] * count
         self.limits += max_lengths(src_len, self.cfg.max_length_ratio, self.cfg.max_length_offset).tolist()
 
+    @torch.no_grad()
     def step(self) -> list[tuple[Any, list[Hypothesis]]]:
         """Extend every live sentence by one token; the sentences done leave, each as (key, its
         `nbest` best hypotheses, best first)."""
