@@ -482,7 +482,7 @@ class ServeConfig:
 
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 exposes the service to the network")
     port: int = option(8000, "TCP port")
-    max_wait_ms: float = option(5.0, "a batch waits this long for more requests' sentences before it runs")
+    max_wait_ms: float = option(0.0, "an idle model waits this long for more requests before its first search step")
     processes: int = option(1, "inference processes per model, each translating its own batches (and holding a copy)")
     model_niceness: int = option(
         5,

@@ -57,11 +57,11 @@ class Metrics:
         )  # fmt: skip
         self.queue = Gauge("nmt_queue_sentences", "sentences waiting, by model", ["model"], registry=self.registry)
         self.batch_sentences = Histogram(
-            "nmt_batch_sentences", "sentences a worker translated together", ["model"], registry=self.registry,
+            "nmt_batch_sentences", "sentences searched together in a search step", ["model"], registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )  # fmt: skip
         self.batch_tokens = Histogram(
-            "nmt_batch_tokens", "target subwords of the best translations a worker produced together", ["model"],
+            "nmt_batch_tokens", "source subwords of the sentences searched together in a search step", ["model"],
             registry=self.registry, buckets=(8, 32, 128, 512, 2048, 8192, 32768),
         )  # fmt: skip
         self.tokens = Counter("nmt_translated_tokens", "target subwords produced", ["model"], registry=self.registry)

@@ -1,9 +1,9 @@
 """The translation service behind `nmt-serve`: a FastAPI app over the translation engine.
 
-Requests put their sentences in a queue per model (`nmt.model_worker.Worker`). A dispatcher thread
-per model takes the sentences of all waiting requests (after waiting up to `max_wait_ms` for more)
-and sends them to the model's own process, where its `Translator` translates them together in
-token-budget batches; then each request is answered. torch runs in those processes, never on the
+Requests wait in a queue per model (`nmt.model_worker.Worker`), from which each is sent to the
+model's own process as soon as it has room within decode.batch_tokens; there its sentences join
+the running beam search at its next step (continuous batching, `nmt.continuous`), and the request
+is answered when its last sentence is done. torch runs in those processes, never on the
 event loop nor under its GIL, so /healthz and /metrics answer while a model works. A sentence's translation does
 not depend on what it was batched with (beam search is batch-invariant in fp32), and every bad
 request gets a JSON error with its status code, never touching another request.

@@ -4,8 +4,8 @@
 Starts `nmt-serve` on a free loopback port; at each level, N clients (asyncio + httpx) send single
 sentences of the test set (Multi30k test_2016_flickr by default) in a loop for --seconds. Prints
 one JSON line per level: sentences/s, latency percentiles, errors (non-200 answers), mismatches
-(answers that differ from nmt-translate's line for that sentence), the batches the service ran (a
-second, and sentences in each on average, from /metrics), the server's RSS; then one line
+(answers that differ from nmt-translate's line for that sentence), the search steps the service ran
+(a second, and sentences in each on average, from /metrics), the server's RSS; then one line
 for nmt-translate on the same sentences in the same run (its translation rate, after loading, as
 the baseline) with each level's ratio to it. --soak-minutes M adds a level of 64 clients for M
 minutes and reports the server's RSS after the first minute and at the end. --overload-seconds S
@@ -63,8 +63,8 @@ def baseline(checkpoint: Path, source: Path, flags: list[str]) -> tuple[list[str
     return result.stdout.splitlines(), rate, wall
 
 
-async def batches_so_far(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
-    """The service's batches so far and the sentences in them, from /metrics (all models)."""
+async def steps_so_far(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    """The service's search steps so far and the sentences in them, from /metrics (all models)."""
     text = (await client.get(f"{url}/metrics")).raise_for_status().text
     totals = {"count": 0.0, "sum": 0.0}
     for name, value in re.findall(r"^nmt_batch_sentences_(count|sum)\{[^}]*\} (\S+)$", text, re.MULTILINE):
@@ -95,12 +95,12 @@ async def level(
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        batches_before, sentences_before = await batches_so_far(client, url)
+        steps_before, sentences_before = await steps_so_far(client, url)
         started = time.monotonic()
         await asyncio.gather(*(client_loop(client, start) for start in range(clients)))
         elapsed = time.monotonic() - started
-        batches_after, sentences_after = await batches_so_far(client, url)
-    batches = batches_after - batches_before
+        steps_after, sentences_after = await steps_so_far(client, url)
+    steps = steps_after - steps_before
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {
         "clients": clients,
@@ -112,8 +112,8 @@ async def level(
         "latency_p99_ms": round(1000 * cuts[98], 1),
         "errors": errors,
         "mismatches": mismatches,
-        "batches_per_second": round(batches / elapsed, 1),
-        "sentences_per_batch": round((sentences_after - sentences_before) / batches, 1) if batches else 0.0,
+        "steps_per_second": round(steps / elapsed, 1),
+        "sentences_per_step": round((sentences_after - sentences_before) / steps, 1) if steps else 0.0,
         "server_rss_mb": round(rss_mb(pid), 1),
         "server_peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1),
     }

@@ -1,0 +1,55 @@
+"""Continuous batching: requests that join running searches get what they would get alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from nmt import synthetic
+from nmt.config import DecodeConfig
+from nmt.continuous import Answer, ContinuousBatches
+from nmt.translator import Translator
+
+
+def test_requests_that_join_searches_under_way_get_their_own_translations(trained_checkpoint: Path) -> None:
+    """Requests arrive while others are searched, some with other options (a search of their own);
+    each is answered when its last sentence is done, with what translating it alone gives; blank
+    requests and a text over max_source_length are answered at once, harming nobody."""
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3, max_source_length=40))
+    data = tiny_config().data
+    lines = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)[0][:12]
+    nbest = (("nbest", 2),)
+    arrivals = {
+        0: [(0, (), lines[:3]), (1, nbest, [lines[3], ""]), (2, (), ["", " "])],
+        2: [(3, (), lines[4:8]), (4, (), [lines[8], " ".join(["word"] * 60)])],
+        3: [(5, nbest, lines[9:12])],
+    }
+    batches = ContinuousBatches(translator)
+    answers: dict[int, Answer] = {}
+    steps, answered_at = [], {}
+    for step in range(200):
+        for answer in batches.add(arrivals.get(step, [])):
+            answers[answer.key] = answer
+            answered_at[answer.key] = step
+        if not batches.busy and step > max(arrivals):
+            break
+        done, searched = batches.step()
+        steps.append(searched)
+        for answer in done:
+            answers[answer.key] = answer
+            answered_at[answer.key] = step
+
+    assert answered_at[2] == 0 and answers[2].results[0][0].text == ""  # blank: nothing to search
+    assert answered_at[4] == 2 and "text 1:" in answers[4].error and "over max_source_length=40" in answers[4].error
+    assert min(answered_at[0], answered_at[1]) > 3, "the later requests did not join searches under way"
+    assert any(len(searched) == 2 for searched in steps), "requests with other options need a search of their own"
+    for key, options, texts in [request for requests in arrivals.values() for request in requests]:
+        if key == 4:
+            continue
+        alone = translator.with_options(**dict(options)).translate(texts)
+        got = answers[key].results
+        assert [[t.text for t in hyps] for hyps in got] == [[t.text for t in hyps] for hyps in alone]
+        # the same hypotheses; their scores may differ in the last bits, as matrix products of other shapes round
+        assert [t.score for hyps in got for t in hyps] == pytest.approx([t.score for hyps in alone for t in hyps])
