@@ -66,3 +66,16 @@ def test_bench_decode_takes_the_peer_only_on_its_test_split(trained_checkpoint):
          "--split", "val"], capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 2 and "test_2016_flickr" in result.stderr
+
+
+def test_bench_continuous_prints_each_setting_against_the_translator(trained_checkpoint, tmp_path):
+    from nmt.synthetic import generate_split
+
+    src, _ = generate_split("test", 3000, 1234)
+    (tmp_path / "test.src.gz").write_bytes(gzip.compress(("\n".join(src[:20]) + "\n").encode()))
+    args = ["--data-dir", str(tmp_path), "--source", "test.src.gz", "--live", "4,8", "--beam-size", "2"]
+    whole, *reports = run_script("scripts/bench_continuous.py", str(trained_checkpoint), *args)
+    assert whole["setting"] == "Translator.translate" and whole["sentences_per_second"] > 0
+    assert [(r["setting"], r["live"]) for r in reports] == [(s, n) for n in (4, 8) for s in ("continuous", "static")]
+    for report in reports[::2]:  # continuous: never more sentences in a step than in flight
+        assert 1 <= report["sentences_per_step"] <= report["live"] and report["steps"] > 0
