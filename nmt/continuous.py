@@ -31,13 +31,14 @@ JOIN_WAIT = 3  # steps a sentence waits at most to join a search under way (`Lan
 
 
 def joins(cfg: DecodeConfig) -> bool:
-    """Whether requests searched with `cfg` can join a search under way (not sampled, no MBR)."""
-    return not cfg.sampling and cfg.mbr_utility == "none"
+    """Whether requests searched with `cfg` join a search under way: beam search, not sampled, no
+    MBR. Greedy search is `nmt-translate`'s own (a beam of one may break ties otherwise), and cheap
+    enough to batch apart."""
+    return cfg.beam_size > 1 and not cfg.sampling and cfg.mbr_utility == "none"
 
 
 @dataclass
 class Request:
-    translator: Translator  # the model with the request's options
     texts: list[str]
     results: list[list[Translation] | None]
     left: int  # sentences not done yet
@@ -48,6 +49,10 @@ class Answer:
     key: Any
     results: list[list[Translation]] | None  # per text, its translations best first; None if refused
     error: str = ""  # why the request was refused (a text's LineError)
+
+    @staticmethod
+    def refused(key: Any, error: LineError) -> Answer:
+        return Answer(key, None, f"text {error.index}: {error.reason}")
 
 
 @dataclass
@@ -97,15 +102,17 @@ class ContinuousBatches:
             try:
                 ids = translator.source_ids(texts)
             except LineError as error:
-                answers.append(Answer(key, None, f"text {error.index}: {error.reason}"))
+                answers.append(Answer.refused(key, error))
                 continue
-            blank = [Translation("", 0.0, [], [])]
-            request = Request(translator, texts, [None if len(s) else blank for s in ids], sum(len(s) > 0 for s in ids))
+            blank = [Translation.blank()]
+            request = Request(texts, [None if len(s) else blank for s in ids], sum(len(s) > 0 for s in ids))
             if not request.left:
                 answers.append(Answer(key, request.results))
                 continue
             self.requests[key] = request
-            lane = self.lanes.setdefault(options, Lane(translator, BeamSearch(translator.model, translator.cfg)))
+            if options not in self.lanes:
+                self.lanes[options] = Lane(translator, BeamSearch(translator.model, translator.cfg))
+            lane = self.lanes[options]
             for index, sentence in enumerate(ids):
                 if len(sentence):
                     lane.waiting.append((key, index))
@@ -117,10 +124,8 @@ class ContinuousBatches:
         sentences and their source subwords (the step's batch)."""
         answers, batches = [], []
         for options, lane in list(self.lanes.items()):
-            lane.join()
+            lane.join()  # a lane holds live or waiting sentences, and waiting ones join an idle search
             translator, search = lane.translator, lane.search
-            if not search.keys:  # its sentences wait to join
-                continue
             batches.append((len(search.keys), sum(search.src_lengths)))
             with autocast(translator.cfg.precision, translator.device):
                 done = search.step()

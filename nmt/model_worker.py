@@ -103,29 +103,36 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
 
     def serve(connection: Connection) -> None:
-        """Requests come as lists of (key, options, texts), None to stop (sent when none is in
-        flight); each step of the searches sends back (answers, batches) as `Worker._receive` reads."""
+        """Requests come as lists of (key, options, texts), None to stop (sent once none is in
+        flight); each step of the searches sends back (answers, batches) as `Worker._receive` reads.
+        A failure of the model (a bug, memory) fails this stream's requests, and the stream goes on."""
         connection.send(("ready", languages))
-        running = ContinuousBatches(translator)
-        while True:
+        running, unanswered, stopping = ContinuousBatches(translator), set(), False
+        while not stopping or running.busy:
             try:
-                requests = [] if running.busy else connection.recv()  # idle: wait for work
-            except EOFError:  # the server is gone
+                requests = sent_so_far(connection, wait=not running.busy)
+                if requests is None:
+                    stopping, requests = True, []
+                unanswered.update(key for key, _, _ in requests)
+                apart = [r for r in requests if not joins(dataclasses.replace(translator.cfg, **dict(r[1])))]
+                answers, batches = translate_apart(translator, apart) if apart else ([], [])
+                answers += running.add([request for request in requests if request not in apart])
+                if running.busy:
+                    done, steps = running.step()
+                    answers, batches = answers + done, batches + steps
+                replies = [plain(answer) for answer in answers]
+            except (EOFError, OSError):  # the server is gone
                 return
-            while requests is not None and connection.poll():
-                more = connection.recv()
-                requests = None if more is None else requests + more
-            if requests is None:
-                return
-            if joins(translator.cfg):
-                answers, batches = running.add(requests), []
-            else:
-                answers, batches = translate_apart(translator, requests)
-            if running.busy:
-                done, batches = running.step()
-                answers += done
-            if answers or batches:
-                connection.send(([plain(answer) for answer in answers], batches))
+            except Exception:
+                log.exception("model %s failed; its requests in this stream fail with 500", spec.checkpoints)
+                replies, batches = [(key, "failed", "the model failed; see the server's log") for key in unanswered], []
+                running = ContinuousBatches(translator)
+            unanswered.difference_update(key for key, _, _ in replies)
+            if replies or batches:
+                try:
+                    connection.send((replies, batches))
+                except OSError:
+                    return
 
     streams = [threading.Thread(target=serve, args=(connection,)) for connection in connections]
     for stream in streams:
@@ -134,8 +141,18 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
         stream.join()
 
 
+def sent_so_far(connection: Connection, wait: bool) -> list | None:
+    """The requests sent on `connection` so far (waiting for some if `wait`), or None once it says stop."""
+    requests = connection.recv() if wait else []
+    while requests is not None and connection.poll():
+        more = connection.recv()
+        requests = None if more is None else requests + more
+    return requests
+
+
 def translate_apart(translator: Any, requests: list[tuple[int, Options, list[str]]]) -> tuple[list, list]:
-    """Requests that cannot join a search under way (sampling, MBR): those with the same options
+    """Requests that do not join a search under way (`nmt.continuous.joins`: greedy search,
+    sampling, MBR): those with the same options
     translated together, as one batch; their answers and (sentences, source subwords) per batch."""
     from nmt.continuous import Answer
     from nmt.errors import LineError
@@ -152,7 +169,9 @@ def translate_apart(translator: Any, requests: list[tuple[int, Options, list[str
                 subwords += sum(len(ids) for ids in searcher.source_ids(texts))
                 accepted.append((key, texts))
             except LineError as error:
-                answers.append(Answer(key, None, f"text {error.index}: {error.reason}"))
+                answers.append(Answer.refused(key, error))
+        if not accepted:
+            continue
         results = iter(searcher.translate([text for _, texts in accepted for text in texts]))
         answers += [Answer(key, [next(results) for _ in texts]) for key, texts in accepted]
         batches.append((sum(len(texts) for _, texts in accepted), subwords))
@@ -263,6 +282,10 @@ class Worker:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
+        if all(thread.ident is None for thread in self._threads):  # never started: nobody told the processes
+            for link in self._links:
+                with contextlib.suppress(OSError):
+                    link.connection.send(None)
         for process in self._processes:
             process.join(timeout=10)
             if process.is_alive():
@@ -273,7 +296,9 @@ class Worker:
         self.metrics.queue.labels(self.name).set(self._sentences)
 
     def _fits(self, link: Link) -> bool:
-        return bool(self._waiting) and (not link.cost or link.cost + self._waiting[0].cost <= self.decode.batch_tokens)
+        if not (link.alive and self._waiting):
+            return False
+        return not link.cost or link.cost + self._waiting[0].cost <= self.decode.batch_tokens
 
     def _take(self, link: Link) -> list[tuple[int, Pending]] | None:
         """Wait until a request waits and `link`'s stream has room for it within batch_tokens; if the
@@ -304,6 +329,8 @@ class Worker:
     def _send(self, link: Link) -> None:
         """Send `link`'s stream the requests it has room for; once stopping and all are answered, None."""
         while (taken := self._take(link)) is not None:
+            if not taken:  # their clients were gone
+                continue
             with contextlib.suppress(OSError):  # the model's process died: _receive answers them 500
                 link.connection.send([(key, pending.options, pending.texts) for key, pending in taken])
         with self._changed:
@@ -327,14 +354,14 @@ class Worker:
                 link.cost -= sum(pending.cost for pending, _, _ in done)
                 self._changed.notify_all()
             for pending, status, detail in done:
-                if status == "error":
-                    pending.future.set_exception(ServiceError(422, detail))
+                if status != "ok":  # "error": the request's fault (a text too long), "failed": the model's
+                    pending.future.set_exception(ServiceError(422 if status == "error" else 500, detail))
                     continue
                 results, subwords = detail
                 pending.future.set_result(results)
                 self.metrics.tokens.labels(self.name).inc(subwords)
         with self._changed:
-            link.alive = False
+            link.alive, link.cost = False, 0
             lost, link.in_flight = list(link.in_flight.values()), {}
             if not any(other.alive for other in self._links):  # nothing will take the waiting requests
                 lost += [pending for pending in self._waiting if pending.future.set_running_or_notify_cancel()]

@@ -274,6 +274,12 @@ class BeamSearch:
         self.found: list[list[Hypothesis]] = []  # its finished hypotheses
         self.columns = EVERY_TOKEN
         self.rows_each = 1  # state rows a sentence: 1 while every sentence is new (its K beams are alike), else K
+        # set by the first `add`: per sentence its padded ids (A, S), encoded source and scores (A, K),
+        # finished hypotheses (A,); per state row (A*G) the state and previous token; per hypothesis
+        # (A*K) its tokens and most attended positions (left-padded with -1), summed attention
+        # (A*K, S, or 0 columns without a coverage penalty) and source length
+        self.src = self.source = self.state = self.prev = self.scores = self.num_finished = None
+        self.history = self.alignment = self.coverage = self.lengths = None
 
     @torch.no_grad()
     def add(self, src: torch.Tensor, src_len: torch.Tensor, keys: list[Any]) -> None:
@@ -287,33 +293,31 @@ class BeamSearch:
         scores = torch.full((count, K), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one
         width = self.history.size(1) if self.keys else 0
-        history = torch.full((count * K, width), -1, dtype=torch.long, device=device)  # left-padded with -1
+        no_tokens = torch.full((count * K, width), -1, dtype=torch.long, device=device)
         coverage = torch.zeros((count * K, src.size(1) if self.use_coverage else 0), device=device)
-        parts = {
-            "src": src, "source": source, "state": state, "prev": prev, "scores": scores, "history": history,
-            "alignment": history, "coverage": coverage, "lengths": src_len.to(device).repeat_interleave(K),
-            "num_finished": torch.zeros(count, dtype=torch.long, device=device),
-        }  # fmt: skip
-        self.src_lengths += src_len.tolist()
+        lengths = src_len.to(device).repeat_interleave(K)
+        num_finished = torch.zeros(count, dtype=torch.long, device=device)
         if not self.keys:
             self.rows_each = 1
+            self.src, self.source, self.state, self.prev, self.scores = src, source, state, prev, scores
+            self.history, self.alignment, self.coverage = no_tokens, no_tokens, coverage
+            self.lengths, self.num_finished = lengths, num_finished
         else:
-            length = max(self.src_lengths)
-            parts["src"] = torch.cat([_fit(self.src, length, PAD), _fit(src, length, PAD)])
-            if self.use_coverage:
-                parts["coverage"] = torch.cat([_fit(self.coverage, length, 0.0), _fit(coverage, length, 0.0)])
-            parts["source"], parts["state"] = self.model.join(
-                [(self.source, self.state), (source, state)], parts["src"]
-            )
-            for name in ("prev", "scores", "history", "alignment", "lengths", "num_finished"):
-                parts[name] = torch.cat([getattr(self, name), parts[name]])
-        for name, value in parts.items():
-            setattr(self, name, value)
+            length = max(self.src_lengths + src_len.tolist())
+            self.src = torch.cat([_fit(self.src, length, PAD), _fit(src, length, PAD)])
+            self.source, self.state = self.model.join([(self.source, self.state), (source, state)], self.src)
+            covered = length if self.use_coverage else 0
+            self.coverage = torch.cat([_fit(self.coverage, covered, 0.0), _fit(coverage, covered, 0.0)])
+            self.prev, self.scores = torch.cat([self.prev, prev]), torch.cat([self.scores, scores])
+            self.history, self.alignment = torch.cat([self.history, no_tokens]), torch.cat([self.alignment, no_tokens])
+            self.lengths = torch.cat([self.lengths, lengths])
+            self.num_finished = torch.cat([self.num_finished, num_finished])
         self.columns = Columns(self.model.vocabulary(self.source))
         self.keys += keys
         self.found += [[] for _ in keys]
         self.ages += [0] * count
         self.limits += max_lengths(src_len, self.cfg.max_length_ratio, self.cfg.max_length_offset).tolist()
+        self.src_lengths += src_len.tolist()
 
     @torch.no_grad()
     def step(self) -> list[tuple[Any, list[Hypothesis]]]:

@@ -46,6 +46,11 @@ class Translation:
     tokens: list[int]  # target subword ids, without BOS and EOS
     alignment: list[int]  # per target subword, the source subword position it attended to most
 
+    @staticmethod
+    def blank() -> Translation:
+        """What a blank line translates to."""
+        return Translation("", 0.0, [], [])
+
 
 class Translator:
     def __init__(
@@ -123,7 +128,7 @@ class Translator:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
         src_ids = self.source_ids(lines)
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
-        results = [[Translation("", 0.0, [], [])] for _ in lines]  # what a blank line gets
+        results = [[Translation.blank()] for _ in lines]
         nonempty = np.flatnonzero(lengths > 0)
         # a sentence costs its search rows (the beam) times its length: memory stays put whatever the beam
         batches = [

@@ -421,15 +421,14 @@ def test_greedy_gives_each_sentence_the_same_result_batched_or_alone() -> None:
 
 
 def joined_search(
-    model: object, batch: Batch, cfg: DecodeConfig, joins: dict[int, list[int]]
+    model: object, batch: Batch, cfg: DecodeConfig, joins: dict[int, list[list[int]]]
 ) -> tuple[list[list[Hypothesis]], list[list[int]]]:
-    """Beam search in one `BeamSearch` that the rows `joins[k]` of the batch join before step k;
+    """Beam search in one `BeamSearch` that each group of rows of `joins[k]` joins before step k;
     also the live sentences' ages at each step."""
     src, src_len = batch
     beams, found, ages = BeamSearch(model, cfg), {}, []
     for step in range(100):
-        if step in joins:
-            rows = joins[step]
+        for rows in joins.get(step, []):
             beams.add(src[rows, : int(src_len[rows].max())], src_len[rows], rows)
         if beams.keys:
             ages.append(list(beams.ages))
@@ -439,7 +438,7 @@ def joined_search(
     raise AssertionError("the search did not end")
 
 
-JOINS = {0: [0, 1], 2: [2], 3: [3, 4], 5: [5]}
+JOINS = {0: [[0, 1], [5]], 2: [[2]], 3: [[3], [4]]}  # two groups join new sentences, and sentences under way
 
 
 @pytest.mark.parametrize(

@@ -359,3 +359,29 @@ def test_nmt_serve_without_the_service_packages_says_how_to_install_them(
     assert exited.value.code == 1
     expected = 'error: nmt-serve needs uvicorn, which is not installed: pip install -e ".[serve]" in a checkout\n'
     assert capsys.readouterr().err == expected
+
+
+def test_a_model_process_that_dies_leaves_the_others_serving_then_500(
+    trained_checkpoint: Path, sentences: list[str]
+) -> None:
+    """One of two inference processes killed: the other answers every request (none waits for the
+    dead one until it times out); both killed: a JSON 500 at once."""
+    app, state = create_app(
+        served(trained_checkpoint, DecodeConfig(beam_size=2)), ServeConfig(processes=2, timeout_s=10)
+    )
+    with TestClient(app) as test_client:
+        while test_client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        worker = state.workers["m"]
+        for number, process in enumerate(worker._processes):
+            process.kill()
+            process.join()
+            deadline = time.monotonic() + 10
+            while worker._links[number].alive and time.monotonic() < deadline:  # its receiver reads EOF
+                time.sleep(0.01)
+            if number == 0:
+                for line in sentences[:6]:
+                    response = test_client.post("/v1/translate", json={"text": line})
+                    assert response.status_code == 200, response.text
+        response = test_client.post("/v1/translate", json={"text": sentences[0]})
+    assert response.status_code == 500 and "not running" in response.json()["error"]["message"]
