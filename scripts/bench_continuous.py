@@ -29,17 +29,19 @@ def continuous(translator: Translator, lines: list[str], live: int) -> dict:
     """Translate `lines` as `live` one-sentence requests in flight at a time."""
     running = ContinuousBatches(translator)
     started = time.perf_counter()
-    sent = min(live, len(lines))
-    running.add([(index, (), [lines[index]]) for index in range(sent)])
-    answered = steps = sentences = 0
-    while running.busy:
-        answers, batches = running.step()
-        steps += bool(batches)
-        sentences += sum(count for count, _ in batches)
-        answered += len(answers)
-        more = range(sent, min(sent + len(answers), len(lines)))
-        running.add([(index, (), [lines[index]]) for index in more])
-        sent += len(more)
+    sent = answered = steps = sentences = 0
+    refill = live
+    while refill or running.busy:
+        more = range(sent, min(sent + refill, len(lines)))
+        sent = more.stop
+        done = running.add([(index, (), [lines[index]]) for index in more])  # a blank line is answered at once
+        if running.busy:
+            answers, batches = running.step()
+            done += answers
+            steps += 1
+            sentences += sum(count for count, _ in batches)
+        answered += len(done)
+        refill = len(done) if sent < len(lines) else 0
     seconds = time.perf_counter() - started
     assert answered == len(lines)
     return {
