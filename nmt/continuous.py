@@ -28,6 +28,7 @@ from nmt.vocab import pad
 
 Options = tuple[tuple[str, Any], ...]  # a request's search options, sorted: requests alike share a search
 JOIN_WAIT = 3  # steps a sentence waits at most to join a search under way (`Lane.join`)
+AFTER_SEARCH = ("nbest", "replace_unk")  # options that only choose among or write out finished hypotheses
 
 
 def joins(cfg: DecodeConfig) -> bool:
@@ -39,6 +40,7 @@ def joins(cfg: DecodeConfig) -> bool:
 
 @dataclass
 class Request:
+    translator: Translator  # the model with the request's options: its n-best and how it writes them
     texts: list[str]
     results: list[list[Translation] | None]
     left: int  # sentences not done yet
@@ -105,19 +107,26 @@ class ContinuousBatches:
                 answers.append(Answer.refused(key, error))
                 continue
             blank = [Translation.blank()]
-            request = Request(texts, [None if len(s) else blank for s in ids], sum(len(s) > 0 for s in ids))
+            request = Request(translator, texts, [None if len(s) else blank for s in ids], sum(len(s) > 0 for s in ids))
             if not request.left:
                 answers.append(Answer(key, request.results))
                 continue
             self.requests[key] = request
-            if options not in self.lanes:
-                self.lanes[options] = Lane(translator, BeamSearch(translator.model, translator.cfg))
-            lane = self.lanes[options]
+            lane = self._lane(tuple(item for item in options if item[0] not in AFTER_SEARCH))
             for index, sentence in enumerate(ids):
                 if len(sentence):
                     lane.waiting.append((key, index))
                     lane.ids.append(sentence)
         return answers
+
+    def _lane(self, options: Options) -> Lane:
+        """The lane of requests searched alike; its search keeps every finished hypothesis (up to
+        the beam), of which each request takes its own n-best."""
+        if options not in self.lanes:
+            searcher = self.translator.with_options(**dict(options))
+            searcher = searcher.with_options(nbest=searcher.cfg.beam_size)
+            self.lanes[options] = Lane(searcher, BeamSearch(searcher.model, searcher.cfg))
+        return self.lanes[options]
 
     def step(self) -> tuple[list[Answer], list[tuple[int, int]]]:
         """One step of every running search: the requests now done, and per search its live
@@ -125,13 +134,14 @@ class ContinuousBatches:
         answers, batches = [], []
         for options, lane in list(self.lanes.items()):
             lane.join()  # a lane holds live or waiting sentences, and waiting ones join an idle search
-            translator, search = lane.translator, lane.search
+            search = lane.search
             batches.append((len(search.keys), sum(search.src_lengths)))
-            with autocast(translator.cfg.precision, translator.device):
+            with autocast(lane.translator.cfg.precision, lane.translator.device):
                 done = search.step()
             for (key, index), hypotheses in done:
                 request = self.requests[key]
-                request.results[index] = [translator.translation(request.texts[index], h) for h in hypotheses]
+                writer, text = request.translator, request.texts[index]
+                request.results[index] = [writer.translation(text, h) for h in hypotheses[: writer.cfg.nbest]]
                 request.left -= 1
                 if not request.left:
                     del self.requests[key]

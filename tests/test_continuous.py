@@ -14,17 +14,18 @@ from nmt.translator import Translator
 
 
 def test_requests_that_join_searches_under_way_get_their_own_translations(trained_checkpoint: Path) -> None:
-    """Requests arrive while others are searched, some with other options (a search of their own);
-    each is answered when its last sentence is done, with what translating it alone gives; blank
-    requests and a text over max_source_length are answered at once, harming nobody."""
+    """Requests arrive while others are searched, some with another length penalty (a search of
+    their own) or n-best (the same search); each is answered when its last sentence is done, with
+    what translating it alone gives; blank requests and a text over max_source_length are answered
+    at once, harming nobody."""
     translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3, max_source_length=40))
     data = tiny_config().data
     lines = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)[0][:12]
-    nbest = (("nbest", 2),)
+    nbest, other_penalty = (("nbest", 2),), (("length_penalty", 0.4), ("nbest", 3))
     arrivals = {
         0: [(0, (), lines[:3]), (1, nbest, [lines[3], ""]), (2, (), ["", " "])],
         2: [(3, (), lines[4:8]), (4, (), [lines[8], " ".join(["word"] * 60)])],
-        3: [(5, nbest, lines[9:12])],
+        3: [(5, other_penalty, lines[9:12])],
     }
     batches = ContinuousBatches(translator)
     answers: dict[int, Answer] = {}
@@ -44,7 +45,8 @@ def test_requests_that_join_searches_under_way_get_their_own_translations(traine
     assert answered_at[2] == 0 and answers[2].results[0][0].text == ""  # blank: nothing to search
     assert answered_at[4] == 2 and "text 1:" in answers[4].error and "over max_source_length=40" in answers[4].error
     assert min(answered_at[0], answered_at[1]) > 3, "the later requests did not join searches under way"
-    assert any(len(searched) == 2 for searched in steps), "requests with other options need a search of their own"
+    assert len(steps[0]) == 1, "requests that differ in n-best only share a search"
+    assert any(len(searched) == 2 for searched in steps), "another length penalty needs a search of its own"
     for key, options, texts in [request for requests in arrivals.values() for request in requests]:
         if key == 4:
             continue
