@@ -344,7 +344,7 @@ def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_st
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         for process in state.workers["m"]._processes:  # the model yields the CPU to the HTTP side
             assert os.getpriority(os.PRIO_PROCESS, process.pid) == min(ours + 3, 19)
-    # leaving the block shut the service down: every dispatcher thread and process has stopped
+    # leaving the block shut the service down: every sender and receiver thread and process has stopped
     assert all(not process.is_alive() for process in state.workers["m"]._processes)
     alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
     assert [texts_of(answers[i]) for i in range(8)] == [[hyps[0].text] for hyps in alone]
