@@ -86,8 +86,7 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
     server, so that a flood of requests cannot keep the server from answering /healthz or refusing
     what it cannot take."""
     os.nice(niceness)
-    from nmt.continuous import ContinuousBatches, joins  # torch only here
-    from nmt.translator import Translator
+    from nmt.translator import Translator  # torch only here
 
     try:  # loading divides the threads among the streams
         loaded = Translator.from_checkpoints([Path(path) for path in spec.checkpoints], spec.decode)
@@ -101,44 +100,47 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
         loaded.model, loaded.src_pipeline, loaded.tgt_pipeline, dataclasses.replace(loaded.cfg, streams=1)
     )
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
-
-    def serve(connection: Connection) -> None:
-        """Requests come as lists of (key, options, texts), None to stop (sent once none is in
-        flight); each step of the searches sends back (answers, batches) as `Worker._receive` reads.
-        A failure of the model (a bug, memory) fails this stream's requests, and the stream goes on."""
-        connection.send(("ready", languages))
-        running, unanswered, stopping = ContinuousBatches(translator), set(), False
-        while not stopping or running.busy:
-            try:
-                requests = sent_so_far(connection, wait=not running.busy)
-                if requests is None:
-                    stopping, requests = True, []
-                unanswered.update(key for key, _, _ in requests)
-                apart = [r for r in requests if not joins(dataclasses.replace(translator.cfg, **dict(r[1])))]
-                answers, batches = translate_apart(translator, apart) if apart else ([], [])
-                answers += running.add([request for request in requests if request not in apart])
-                if running.busy:
-                    done, steps = running.step()
-                    answers, batches = answers + done, batches + steps
-                replies = [plain(answer) for answer in answers]
-            except (EOFError, OSError):  # the server is gone
-                return
-            except Exception:
-                log.exception("model %s failed; its requests in this stream fail with 500", spec.checkpoints)
-                replies, batches = [(key, "failed", "the model failed; see the server's log") for key in unanswered], []
-                running = ContinuousBatches(translator)
-            unanswered.difference_update(key for key, _, _ in replies)
-            if replies or batches:
-                try:
-                    connection.send((replies, batches))
-                except OSError:
-                    return
-
-    streams = [threading.Thread(target=serve, args=(connection,)) for connection in connections]
+    streams = [threading.Thread(target=serve_stream, args=(c, translator, languages)) for c in connections]
     for stream in streams:
         stream.start()
     for stream in streams:
         stream.join()
+
+
+def serve_stream(connection: Connection, translator: Any, languages: tuple[str, str]) -> None:
+    """One stream of an inference process: `translator` searches the requests sent on `connection`,
+    which come as lists of (key, options, texts), None to stop (sent once none is in flight); each
+    step of the searches sends back (answers, batches) as `Worker._receive` reads. A failure of the
+    model (a bug, memory) fails this stream's requests, and the stream goes on."""
+    from nmt.continuous import ContinuousBatches, joins  # torch only in the model's process
+
+    connection.send(("ready", languages))
+    running, unanswered, stopping = ContinuousBatches(translator), set(), False
+    while not stopping or running.busy:
+        try:
+            requests = sent_so_far(connection, wait=not running.busy)
+            if requests is None:
+                stopping, requests = True, []
+            unanswered.update(key for key, _, _ in requests)
+            apart = [r for r in requests if not joins(dataclasses.replace(translator.cfg, **dict(r[1])))]
+            answers, batches = translate_apart(translator, apart) if apart else ([], [])
+            answers += running.add([request for request in requests if request not in apart])
+            if running.busy:
+                done, steps = running.step()
+                answers, batches = answers + done, batches + steps
+            replies = [plain(answer) for answer in answers]
+        except (EOFError, OSError):  # the server is gone
+            return
+        except Exception:
+            log.exception("the model failed; its requests in this stream fail with 500")
+            replies, batches = [(key, "failed", "the model failed; see the server's log") for key in unanswered], []
+            running = ContinuousBatches(translator)
+        unanswered.difference_update(key for key, _, _ in replies)
+        if replies or batches:
+            try:
+                connection.send((replies, batches))
+            except OSError:
+                return
 
 
 def sent_so_far(connection: Connection, wait: bool) -> list | None:
@@ -152,8 +154,8 @@ def sent_so_far(connection: Connection, wait: bool) -> list | None:
 
 def translate_apart(translator: Any, requests: list[tuple[int, Options, list[str]]]) -> tuple[list, list]:
     """Requests that do not join a search under way (`nmt.continuous.joins`: greedy search,
-    sampling, MBR): those with the same options
-    translated together, as one batch; their answers and (sentences, source subwords) per batch."""
+    sampling, MBR): those with the same options translated together, as one batch; their answers
+    and (sentences, source subwords) per batch."""
     from nmt.continuous import Answer
     from nmt.errors import LineError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from conftest import tiny_config
 from nmt import synthetic
 from nmt.config import DecodeConfig
 from nmt.continuous import Answer, ContinuousBatches
+from nmt.model_worker import serve_stream
 from nmt.translator import Translator
 
 
@@ -55,3 +58,35 @@ def test_requests_that_join_searches_under_way_get_their_own_translations(traine
         assert [[t.text for t in hyps] for hyps in got] == [[t.text for t in hyps] for hyps in alone]
         # the same hypotheses; their scores may differ in the last bits, as matrix products of other shapes round
         assert [t.score for hyps in got for t in hyps] == pytest.approx([t.score for hyps in alone for t in hyps])
+
+
+def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_when_told(
+    trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inference process's loop over a real pipe: a search that raises fails the requests in
+    it (status "failed", the server answers 500) and the stream serves the next ones; None stops it."""
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))
+    server, model = multiprocessing.Pipe()
+    stream = threading.Thread(target=serve_stream, args=(model, translator, ("src", "tgt")))
+    stream.start()
+    assert server.recv() == ("ready", ("src", "tgt"))
+
+    def replies() -> list[tuple]:
+        answered = []
+        while not answered:
+            assert server.poll(30), "the stream did not answer"
+            answers, _ = server.recv()
+            answered += answers
+        return answered
+
+    real_step = ContinuousBatches.step
+    monkeypatch.setattr(ContinuousBatches, "step", lambda self: 1 / 0)
+    server.send([(1, (), ["a b c"]), (2, (), ["d e"])])
+    assert sorted((key, status) for key, status, _ in replies()) == [(1, "failed"), (2, "failed")]
+    monkeypatch.setattr(ContinuousBatches, "step", real_step)
+    server.send([(3, (), ["a b c"])])
+    ((key, status, (texts, _)),) = replies()
+    assert (key, status, texts[0][0][0]) == (3, "ok", translator.translate(["a b c"])[0][0].text)
+    server.send(None)
+    stream.join(timeout=30)
+    assert not stream.is_alive()
