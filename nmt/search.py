@@ -15,7 +15,8 @@ without a column cannot be chosen. Hypotheses are ranked by the GNMT score
 A hypothesis holds at least `min_length` tokens before EOS is allowed and at most
 `ratio * source length + offset` before EOS is forced; with `no_repeat_ngram` N > 0 no
 n-gram of N tokens occurs twice in it. Sentences leave the batch as soon as they are done,
-so later steps only pay for the rest.
+so later steps only pay for the rest; in a `BeamSearch` others may join it between steps
+(continuous batching), for which a model's `join` merges encoded sources and states.
 """
 
 from __future__ import annotations
@@ -274,8 +275,8 @@ class BeamSearch:
         self.found: list[list[Hypothesis]] = []  # its finished hypotheses
         self.columns = EVERY_TOKEN
         self.rows_each = 1  # state rows a sentence: 1 while every sentence is new (its K beams are alike), else K
-        # set by the first `add`: per sentence its padded ids (A, S), encoded source and scores (A, K),
-        # finished hypotheses (A,); per state row (A*G) the state and previous token; per hypothesis
+        # set by the first `add`: per sentence its padded ids (A, S), encoded source, scores (A, K) and
+        # count of finished hypotheses (A,); per state row (A*G) the state and previous token; per hypothesis
         # (A*K) its tokens and most attended positions (left-padded with -1), summed attention
         # (A*K, S, or 0 columns without a coverage penalty) and source length
         self.src = self.source = self.state = self.prev = self.scores = self.num_finished = None
