@@ -64,7 +64,7 @@ from nmt.errors import NmtError
 from nmt.tokenization import TextPipeline
 from nmt.vocab import Vocabulary
 
-FORMAT_VERSION = 2  # bump when what an entry stores, or how text becomes ids, changes
+FORMAT_VERSION = 3  # bump when what an entry stores, or how text becomes ids, changes (3: reproducible BPE)
 ABANDONED_AFTER = 24 * 3600  # seconds without a write after which any build folder counts as abandoned
 Pipelines = tuple[TextPipeline, TextPipeline]
 log = logging.getLogger(__name__)

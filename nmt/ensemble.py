@@ -16,6 +16,7 @@ import torch
 
 from nmt.errors import NmtError
 from nmt.search import SearchModel
+from nmt.tokenization import segmentation
 
 
 class EnsembleSource(NamedTuple):
@@ -75,7 +76,10 @@ def check_compatible(checkpoints: list[dict[str, Any]], paths: list[Path]) -> No
             ("src_bpe", "source BPE model"),
             ("tgt_bpe", "target BPE model"),
         ):
-            if checkpoint[key] != first[key]:
+            theirs, ours = checkpoint[key], first[key]
+            if key.endswith("_bpe"):  # models that split words alike may number the pieces apart
+                theirs, ours = segmentation(theirs), segmentation(ours)
+            if theirs != ours:
                 raise NmtError(
                     f"{path}: its {what} differs from {paths[0]}'s; an ensemble needs models trained with "
                     "the same vocabularies (the same data and BPE settings)"

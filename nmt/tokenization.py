@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
+import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -75,21 +79,62 @@ def bpe_progress(enabled: bool) -> Iterator[None]:
 
 def learn_bpe(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
     """Learn BPE merges on lines of space-separated Moses tokens (Moses tokens never hold
-    whitespace), as the prepared-corpus cache stores them; ids 0-3 are the special symbols."""
-    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK], end_of_word_suffix=END_OF_WORD))
+    whitespace), as the prepared-corpus cache stores them; ids 0-3 are the special symbols.
+    The same lines give the same model in every process."""
+    # tokenizers' trainer numbers the end-of-word forms of characters (`e</w>`) in the order it
+    # meets them in a hash map of the words, and breaks ties between equally frequent pairs by
+    # those numbers: two runs on one corpus learned different merges. Here each word's last
+    # character is spelled as a stand-in character of its own, which the trainer numbers in
+    # code-point order like every character, and the learned model spells `c</w>` again.
+    words: Counter[str] = Counter()
+    for line in lines:
+        words.update(line.split())
+    alphabet = set(itertools.chain.from_iterable(words))
+    free = (char for char in map(chr, range(0xF0000, 0x110000)) if char not in alphabet)  # the private use planes
+    stand_in = dict(zip(sorted({word[-1] for word in words}), free))
+    spelled = {stand: char + END_OF_WORD for char, stand in stand_in.items()}
+
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK]))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
-        end_of_word_suffix=END_OF_WORD,
+        initial_alphabet=sorted(alphabet),  # a character seen only at the end of words has its inner form too
         show_progress=_BPE_PROGRESS.get(),
     )
-    tokenizer.train_from_iterator(lines, trainer=trainer)
+    occurrences = (" ".join(itertools.repeat(word[:-1] + stand_in[word[-1]], count)) for word, count in words.items())
+    tokenizer.train_from_iterator(occurrences, trainer=trainer)
+
+    def spell(piece: str) -> str:
+        return piece[:-1] + spelled[piece[-1]] if piece[-1] in spelled else piece
+
+    learned = json.loads(tokenizer.to_str())["model"]
+    bpe = Tokenizer(
+        models.BPE(
+            vocab={spell(piece): i for piece, i in learned["vocab"].items()},
+            merges=[(spell(left), spell(right)) for left, right in _merges(learned)],
+            unk_token=SPECIAL_TOKENS[UNK],
+            end_of_word_suffix=END_OF_WORD,
+        )
+    )
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
     for token_id, token in enumerate(SPECIAL_TOKENS):
-        assert tokenizer.token_to_id(token) == token_id, "BPE trainer must put specials first"
-    return tokenizer
+        assert bpe.token_to_id(token) == token_id, "BPE trainer must put specials first"
+    return bpe
+
+
+def segmentation(bpe_json: str) -> dict[str, Any]:
+    """What decides how a BPE model (as JSON text) splits words: its settings, its pieces and its
+    merges in rank order, not the numbers it gives the pieces (the vocabularies number pieces)."""
+    model = json.loads(bpe_json)["model"]
+    return model | {"vocab": sorted(model["vocab"]), "merges": _merges(model)}
+
+
+def _merges(model: dict[str, Any]) -> list[list[str]]:
+    """A BPE model's merges as pairs: older tokenizers versions write each as one string "a b"."""
+    return [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
 
 
 class TextPipeline:

@@ -70,6 +70,14 @@ def test_second_preparation_reuses_the_entry_and_gives_the_same_data(corpus_dir,
     assert meta["splits"]["train"]["pairs"] == 1200 and meta["pairs_per_second"] > 0
 
 
+def test_preparing_a_corpus_again_in_another_cache_gives_the_same_bpe_and_ids(corpus_dir, tmp_path):
+    """A fixed seed reproduces a run on another machine, which prepares the corpus anew."""
+    cfg = files_config(corpus_dir)
+    first, again = (prepare(cfg, cache_dir=tmp_path / name) for name in ("cache", "elsewhere"))
+    assert again.built and again.src_pipeline.bpe.to_str() == first.src_pipeline.bpe.to_str()
+    assert [ids.tolist() for ids in again.train.src_ids] == [ids.tolist() for ids in first.train.src_ids]
+
+
 def test_changing_bpe_size_or_data_rebuilds_while_length_filters_reuse(corpus_dir, tmp_path):
     root = tmp_path / "cache"
     base = prepare(files_config(corpus_dir), cache_dir=root)

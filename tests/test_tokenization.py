@@ -236,3 +236,26 @@ def test_words_give_back_the_tokens_of_any_line_without_unk(synthetic_pipelines,
     ids = pipeline.encode([line])[0]
     if UNK not in ids:
         assert pipeline.words(ids) == pipeline.moses.tokenize(line)
+
+
+def test_bpe_learned_twice_on_the_same_lines_is_the_same_model() -> None:
+    """Every pair here is as frequent as every other: tokenizers' own trainer broke such ties by
+    numbers it gave in hash-map order, so each call learned other merges."""
+    lines = ["ab ba cd dc ef fe gh hg ij ji"] * 2
+    models = {learn_bpe(lines, 30, 1).to_str() for _ in range(6)}
+    assert len(models) == 1
+
+
+def test_bpe_knows_each_character_inside_words_and_at_their_end() -> None:
+    bpe = learn_bpe(["xa bx"], 9, 5)  # no pair is frequent enough to merge
+    assert set(bpe.get_vocab()) == {*SPECIAL_TOKENS, "a", "b", "x", f"a{END_OF_WORD}", f"x{END_OF_WORD}"}
+
+
+def test_bpe_of_text_with_private_use_characters_keeps_them_apart_from_word_ends() -> None:
+    """The learner spells word-final characters with private-use stand-ins, never ones the text holds."""
+    private = "\U000f0000"
+    bpe = learn_bpe([f"a{private} {private}a {private}{private}"] * 3, 40, 1)
+    pipeline = TextPipeline("en", bpe, Vocabulary(SPECIAL_TOKENS))
+    words = [f"a{private}", f"{private}a", f"{private}{private}", f"{private}{private}a"]
+    assert ["".join(pieces).removesuffix(END_OF_WORD) for pieces in pipeline.segment([[w] for w in words])] == words
+    assert all(piece.count(END_OF_WORD) <= 1 for piece in bpe.get_vocab())

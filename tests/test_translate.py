@@ -3,6 +3,7 @@ ensembles, int8, sampling, MBR, UNK replacement, and a start-up that stays light
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -125,6 +126,32 @@ def test_an_ensemble_of_models_with_different_vocabularies_is_refused(trained_ch
     other["tgt_vocab"] = [*other["tgt_vocab"][:-1], "something-else</w>"]
     checkpoint.save(tmp_path / "other.pt", other)
     with pytest.raises(NmtError, match="other.pt: its target vocabulary differs"):
+        Translator.from_checkpoints([trained_checkpoint, tmp_path / "other.pt"], DecodeConfig())
+
+
+def renumbered_bpe(bpe_json: str, swap_merges: bool) -> str:
+    """The same BPE model with its pieces numbered in reverse; with `swap_merges`, its first two merges swapped."""
+    bpe = json.loads(bpe_json)
+    vocab = bpe["model"]["vocab"]
+    bpe["model"]["vocab"] = {piece: len(vocab) - 1 - i for piece, i in vocab.items()}
+    if swap_merges:
+        merges = bpe["model"]["merges"]
+        merges[0], merges[1] = merges[1], merges[0]
+    return json.dumps(bpe)
+
+
+def test_an_ensemble_takes_bpe_models_that_split_words_alike_however_they_number_pieces(
+    trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Earlier versions learned the same merges with other piece numbers on each run; the vocabularies
+    number the pieces a model uses, so such models can be ensembled."""
+    other = checkpoint.load(trained_checkpoint)
+    other["tgt_bpe"] = renumbered_bpe(other["tgt_bpe"], swap_merges=False)
+    checkpoint.save(tmp_path / "other.pt", other)
+    Translator.from_checkpoints([trained_checkpoint, tmp_path / "other.pt"], DecodeConfig())
+    other["tgt_bpe"] = renumbered_bpe(other["tgt_bpe"], swap_merges=True)
+    checkpoint.save(tmp_path / "other.pt", other)
+    with pytest.raises(NmtError, match="other.pt: its target BPE model differs"):
         Translator.from_checkpoints([trained_checkpoint, tmp_path / "other.pt"], DecodeConfig())
 
 
