@@ -379,6 +379,9 @@ MBR_UTILITIES = ("none", "chrf", "bleu")
 SAMPLING_KEYS = ("sampling_topk", "sampling_topp", "sampling_epsilon", "temperature", "seed")
 MBR_KEYS = ("mbr_candidates", "mbr_samples")  # they need decode.mbr_utility
 SHORTLIST_KEYS = ("shortlist_per_source", "shortlist_frequent")
+# some of a request's DecodeConfig fields as sorted (name, value) pairs: the service's requests
+# with equal ones share a search
+DecodeOptions = tuple[tuple[str, Any], ...]
 LOAD_KEYS = tuple(item.name for item in dataclasses.fields(DecodeConfig) if item.metadata["at_load"])
 DECODE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(DecodeConfig)}
 

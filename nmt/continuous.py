@@ -13,20 +13,20 @@ their own (`Translator.translate`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, DecodeOptions
 from nmt.errors import LineError
 from nmt.precision import autocast
 from nmt.search import BeamSearch
 from nmt.translator import Translation, Translator
 from nmt.vocab import pad
 
-Options = tuple[tuple[str, Any], ...]  # a request's search options, sorted: requests alike share a search
 JOIN_WAIT = 3  # steps a sentence waits at most to join a search under way (`Lane.join`)
 AFTER_SEARCH = ("nbest", "replace_unk")  # options that only choose among or write out finished hypotheses
 
@@ -87,14 +87,14 @@ class ContinuousBatches:
 
     def __init__(self, translator: Translator) -> None:
         self.translator = translator
-        self.lanes: dict[Options, Lane] = {}
+        self.lanes: dict[DecodeOptions, Lane] = {}
         self.requests: dict[Any, Request] = {}
 
     @property
     def busy(self) -> bool:
         return bool(self.lanes)
 
-    def add(self, requests: list[tuple[Any, Options, list[str]]]) -> list[Answer]:
+    def add(self, requests: list[tuple[Any, DecodeOptions, list[str]]]) -> list[Answer]:
         """Requests (key, options, texts) whose options `joins`; their sentences will join the
         search for their options (`Lane.join`). Answered at once: requests with nothing to search
         (blank texts only) and those with a text over max_source_length."""
@@ -119,7 +119,7 @@ class ContinuousBatches:
                     lane.ids.append(sentence)
         return answers
 
-    def _lane(self, options: Options) -> Lane:
+    def _lane(self, options: DecodeOptions) -> Lane:
         """The lane of requests searched alike; its search keeps every finished hypothesis (up to
         the beam), of which each request takes its own n-best."""
         if options not in self.lanes:
@@ -127,6 +127,17 @@ class ContinuousBatches:
             searcher = searcher.with_options(nbest=searcher.cfg.beam_size)
             self.lanes[options] = Lane(searcher, BeamSearch(searcher.model, searcher.cfg))
         return self.lanes[options]
+
+    def cancel(self, keys: Collection[Any]) -> None:
+        """Requests nobody waits for any more: their waiting sentences leave, searched ones end at the next step."""
+        keys = {key for key in keys if self.requests.pop(key, None)}
+        for options, lane in list(self.lanes.items()):
+            kept = [i for i, (key, _) in enumerate(lane.waiting) if key not in keys]
+            lane.waiting, lane.ids = [lane.waiting[i] for i in kept], [lane.ids[i] for i in kept]
+            lane.waited *= bool(lane.waiting)
+            lane.search.drop([sentence for sentence in lane.search.keys if sentence[0] in keys])
+            if not lane.search.keys and not lane.waiting:
+                del self.lanes[options]
 
     def step(self) -> tuple[list[Answer], list[tuple[int, int]]]:
         """One step of every running search: the requests now done, and per search its live
@@ -139,7 +150,9 @@ class ContinuousBatches:
             with autocast(lane.translator.cfg.precision, lane.translator.device):
                 done = search.step()
             for (key, index), hypotheses in done:
-                request = self.requests[key]
+                request = self.requests.get(key)
+                if request is None:  # cancelled
+                    continue
                 writer, text = request.translator, request.texts[index]
                 request.results[index] = [writer.translation(text, h) for h in hypotheses[: writer.cfg.nbest]]
                 request.left -= 1

@@ -24,15 +24,14 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from nmt.config import ServeConfig, ServedModel
+from nmt.config import DecodeOptions, ServeConfig, ServedModel
 from nmt.errors import NmtError
 
 log = logging.getLogger(__name__)
-Options = tuple[tuple[str, Any], ...]  # as nmt.continuous.Options (imported in the model's process only)
 
 
 class ServiceError(Exception):
@@ -72,7 +71,7 @@ class Pending:
     """One request's sentences waiting for, or in, a worker."""
 
     texts: list[str]
-    options: Options  # its REQUEST_OPTIONS, sorted: requests alike share a search
+    options: DecodeOptions  # its REQUEST_OPTIONS
     cost: int  # roughly its search rows x source tokens in a batch (words stand for subwords)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
@@ -118,17 +117,18 @@ def serve_stream(connection: Connection, translator: Any, languages: tuple[str, 
     running, unanswered, stopping = ContinuousBatches(translator), set(), False
     while not stopping or running.busy:
         try:
-            requests = sent_so_far(connection, wait=not running.busy)
-            if requests is None:
-                stopping, requests = True, []
+            requests, cancelled, stop = sent_so_far(connection, wait=not running.busy)
+            stopping |= stop
             unanswered.update(key for key, _, _ in requests)
             apart = [r for r in requests if not joins(dataclasses.replace(translator.cfg, **dict(r[1])))]
             answers, batches = translate_apart(translator, apart) if apart else ([], [])
             answers += running.add([request for request in requests if request not in apart])
+            running.cancel(cancelled)
             if running.busy:
                 done, steps = running.step()
                 answers, batches = answers + done, batches + steps
             replies = [plain(answer) for answer in answers]
+            replies += [(key, "cancelled", "") for key in cancelled & unanswered - {key for key, _, _ in replies}]
         except (EOFError, OSError):  # the server is gone
             return
         except Exception:
@@ -143,23 +143,35 @@ def serve_stream(connection: Connection, translator: Any, languages: tuple[str, 
                 return
 
 
-def sent_so_far(connection: Connection, wait: bool) -> list | None:
-    """The requests sent on `connection` so far (waiting for some if `wait`), or None once it says stop."""
-    requests = connection.recv() if wait else []
-    while requests is not None and connection.poll():
-        more = connection.recv()
-        requests = None if more is None else requests + more
-    return requests
+class Cancel(NamedTuple):
+    """Sent to a stream: the keys of requests whose clients gave up (timed out)."""
+
+    keys: list[int]
 
 
-def translate_apart(translator: Any, requests: list[tuple[int, Options, list[str]]]) -> tuple[list, list]:
+def sent_so_far(connection: Connection, wait: bool) -> tuple[list, set[int], bool]:
+    """What was sent on `connection` so far (waiting for something if `wait`): the requests, the
+    keys of those cancelled, and whether it said stop (None)."""
+    requests, cancelled, stop = [], set(), False
+    while not stop and ((wait and not (requests or cancelled)) or connection.poll()):
+        message = connection.recv()
+        if message is None:
+            stop = True
+        elif isinstance(message, Cancel):
+            cancelled.update(message.keys)
+        else:
+            requests += message
+    return requests, cancelled, stop
+
+
+def translate_apart(translator: Any, requests: list[tuple[int, DecodeOptions, list[str]]]) -> tuple[list, list]:
     """Requests that do not join a search under way (`nmt.continuous.joins`: greedy search,
     sampling, MBR): those with the same options translated together, as one batch; their answers
     and (sentences, source subwords) per batch."""
     from nmt.continuous import Answer
     from nmt.errors import LineError
 
-    groups: dict[Options, list[tuple[int, list[str]]]] = collections.defaultdict(list)
+    groups: dict[DecodeOptions, list[tuple[int, list[str]]]] = collections.defaultdict(list)
     for key, options, texts in requests:
         groups[options].append((key, texts))
     answers, batches = [], []
@@ -196,6 +208,7 @@ class Link:
     connection: Connection
     in_flight: dict[int, Pending] = field(default_factory=dict)
     cost: int = 0  # of the requests in flight
+    cancelled: list[int] = field(default_factory=list)  # keys of requests in flight to cancel
     alive: bool = True
 
 
@@ -270,11 +283,15 @@ class Worker:
         return pending
 
     def withdraw(self, pending: Pending) -> None:
-        """A request that gave up: its sentences leave the queue if no search has them yet."""
+        """A request that gave up: its sentences leave the queue, or the search that has them."""
         with self._changed:
             if pending in self._waiting:
                 self._waiting.remove(pending)
                 self._count(-len(pending.texts))
+                return
+            for link in self._links:
+                link.cancelled += [key for key, sent in link.in_flight.items() if sent is pending]
+            self._changed.notify_all()
 
     def stop(self) -> None:
         """Answer what was accepted, then stop the processes."""
@@ -302,16 +319,18 @@ class Worker:
             return False
         return not link.cost or link.cost + self._waiting[0].cost <= self.decode.batch_tokens
 
-    def _take(self, link: Link) -> list[tuple[int, Pending]] | None:
-        """Wait until a request waits and `link`'s stream has room for it within batch_tokens; if the
-        stream is idle, up to max_wait_ms more for others, so that its first step holds them; then
-        take what fits. None once stopping with nothing left to send."""
+    def _take(self, link: Link) -> tuple[list[tuple[int, Pending]], list[int]] | None:
+        """Wait until a request waits and `link`'s stream has room for it within batch_tokens, or
+        a request it has is cancelled; if the stream is idle, up to max_wait_ms more for others, so
+        that its first step holds them; then take what fits, and the keys to cancel. None once
+        stopping with nothing left to send."""
         with self._changed:
-            while not self._fits(link):
+            while not (self._fits(link) or link.cancelled):
                 if not link.alive or (self._stopping and not self._waiting):
                     return None
                 self._changed.wait()
-            if not link.cost:
+            cancelled, link.cancelled = link.cancelled, []
+            if self._fits(link) and not link.cost:
                 deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
                 while (left := deadline - time.monotonic()) > 0 and not self._stopping:
                     if sum(p.cost for p in self._waiting) >= self.decode.batch_tokens:
@@ -326,15 +345,19 @@ class Worker:
                     taken.append((key, pending))
                     link.in_flight[key] = pending
                     link.cost += pending.cost
-            return taken
+            return taken, cancelled
 
     def _send(self, link: Link) -> None:
-        """Send `link`'s stream the requests it has room for; once stopping and all are answered, None."""
-        while (taken := self._take(link)) is not None:
-            if not taken:  # their clients were gone
-                continue
+        """Send `link`'s stream the requests it has room for and the cancellations; once stopping
+        and all are answered, None."""
+        while (work := self._take(link)) is not None:
+            taken, cancelled = work
+            messages = [Cancel(cancelled)] if cancelled else []
+            if taken:
+                messages.append([(key, pending.options, pending.texts) for key, pending in taken])
             with contextlib.suppress(OSError):  # the model's process died: _receive answers them 500
-                link.connection.send([(key, pending.options, pending.texts) for key, pending in taken])
+                for message in messages:
+                    link.connection.send(message)
         with self._changed:
             while link.in_flight and link.alive:
                 self._changed.wait()
@@ -356,6 +379,8 @@ class Worker:
                 link.cost -= sum(pending.cost for pending, _, _ in done)
                 self._changed.notify_all()
             for pending, status, detail in done:
+                if status == "cancelled":  # its client is gone
+                    continue
                 if status != "ok":  # "error": the request's fault (a text too long), "failed": the model's
                     pending.future.set_exception(ServiceError(422 if status == "error" else 500, detail))
                     continue

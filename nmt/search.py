@@ -22,7 +22,7 @@ so later steps only pay for the rest; in a `BeamSearch` others may join it betwe
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -319,6 +319,10 @@ class BeamSearch:
         self.ages += [0] * count
         self.limits += max_lengths(src_len, self.cfg.max_length_ratio, self.cfg.max_length_offset).tolist()
         self.src_lengths += src_len.tolist()
+
+    def drop(self, keys: Collection[Any]) -> None:
+        """Sentences nobody waits for any more end at the next step, as at their length limit."""
+        self.limits = [age if key in keys else limit for key, age, limit in zip(self.keys, self.ages, self.limits)]
 
     @torch.no_grad()
     def step(self) -> list[tuple[Any, list[Hypothesis]]]:

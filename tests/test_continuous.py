@@ -12,7 +12,7 @@ from conftest import tiny_config
 from nmt import synthetic
 from nmt.config import DecodeConfig
 from nmt.continuous import Answer, ContinuousBatches
-from nmt.model_worker import serve_stream
+from nmt.model_worker import Cancel, serve_stream
 from nmt.translator import Translator
 
 
@@ -60,11 +60,34 @@ def test_requests_that_join_searches_under_way_get_their_own_translations(traine
         assert [t.score for hyps in got for t in hyps] == pytest.approx([t.score for hyps in alone for t in hyps])
 
 
+def test_a_cancelled_request_leaves_the_search_and_the_queue_and_the_others_are_unchanged(
+    trained_checkpoint: Path,
+) -> None:
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3))
+    data = tiny_config().data
+    lines = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)[0][:6]
+    batches = ContinuousBatches(translator)
+    batches.add([(0, (), lines[:3]), (1, (), lines[3:])])
+    answers = batches.step()[0] + batches.step()[0]
+    batches.add([(2, (), lines[:2])])  # waits to join
+    (lane,) = batches.lanes.values()
+    assert {key for key, _ in lane.search.keys} == {0, 1} and lane.waiting
+    batches.cancel([0, 2])
+    answers += batches.step()[0]
+    assert {key for key, _ in lane.search.keys} <= {1} and not lane.waiting
+    while batches.busy:
+        answers += batches.step()[0]
+    assert [answer.key for answer in answers] == [1]
+    alone = translator.translate(lines[3:])
+    assert [[t.text for t in hyps] for hyps in answers[0].results] == [[t.text for t in hyps] for hyps in alone]
+
+
 def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_when_told(
     trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inference process's loop over a real pipe: a search that raises fails the requests in
-    it (status "failed", the server answers 500) and the stream serves the next ones; None stops it."""
+    it (status "failed", the server answers 500) and the stream serves the next ones; a cancelled
+    request is answered "cancelled"; None stops it."""
     translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))
     server, model = multiprocessing.Pipe()
     stream = threading.Thread(target=serve_stream, args=(model, translator, ("src", "tgt")))
@@ -87,6 +110,13 @@ def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_w
     server.send([(3, (), ["a b c"])])
     ((key, status, (texts, _)),) = replies()
     assert (key, status, texts[0][0][0]) == (3, "ok", translator.translate(["a b c"])[0][0].text)
+    server.send([(4, (), [" ".join(["a b c"] * 20)] * 8)])
+    server.send(Cancel([4]))
+    assert replies() == [(4, "cancelled", "")]
     server.send(None)
     stream.join(timeout=30)
     assert not stream.is_alive()
+    later = []
+    while server.poll():
+        later += server.recv()[0]
+    assert later == [], "the cancelled request's search went on"

@@ -315,6 +315,26 @@ def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkp
     assert 'nmt_requests_total{path="/v1/translate",status="504"} 1.0' in metrics
 
 
+def test_a_request_that_times_out_in_a_search_leaves_it(trained_checkpoint: Path) -> None:
+    """Its client has its 504; the model stops searching its sentences instead of finishing them
+    (nmt_translated_tokens counts none of them) and the stream takes new requests."""
+    app, state = create_app(served(trained_checkpoint, DecodeConfig(beam_size=4)), ServeConfig(timeout_s=0.05))
+    with TestClient(app) as test_client:
+        while test_client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        long = {"text": [" ".join(["a b c"] * 20)] * 32, "min_length": 120}  # 120 steps at least
+        late = test_client.post("/v1/translate", json=long)
+        assert late.status_code == 504
+        (link,) = state.workers["m"]._links
+        deadline = time.monotonic() + 30
+        while link.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not link.in_flight and link.cost == 0
+        assert "nmt_translated_tokens_total{" not in test_client.get("/metrics").text
+        state.workers["m"].cfg.timeout_s = 30
+        assert test_client.post("/v1/translate", json={"text": "a b"}).status_code == 200
+
+
 @pytest.mark.parametrize(("processes", "streams"), [(2, 1), (1, 2)])
 def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_stop(
     trained_checkpoint: Path, sentences: list[str], processes: int, streams: int
