@@ -183,18 +183,18 @@ def translate_apart(translator: Any, requests: list[tuple[int, DecodeOptions, li
     answers, batches = [], []
     for options, group in groups.items():
         searcher = translator.with_options(**dict(options))
-        accepted, subwords = [], 0
+        accepted, ids = [], []
         for key, texts in group:
             try:
-                subwords += sum(len(ids) for ids in searcher.source_ids(texts))
+                ids += searcher.source_ids(texts)
                 accepted.append((key, texts))
             except LineError as error:
                 answers.append(Answer.refused(key, error))
         if not accepted:
             continue
-        results = iter(searcher.translate([text for _, texts in accepted for text in texts]))
+        results = iter(searcher.translate_ids([text for _, texts in accepted for text in texts], ids))
         answers += [Answer(key, [next(results) for _ in texts]) for key, texts in accepted]
-        batches.append((sum(len(texts) for _, texts in accepted), subwords))
+        batches.append((len(ids), sum(len(sentence) for sentence in ids)))
     return answers, batches
 
 

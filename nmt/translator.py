@@ -126,7 +126,12 @@ class Translator:
 
     def translate(self, lines: Sequence[str], track: Track = iter) -> list[list[Translation]]:
         """Up to `nbest` translations per line, best first; a blank line translates to ""."""
-        src_ids = self.source_ids(lines)
+        return self.translate_ids(lines, self.source_ids(lines), track)
+
+    def translate_ids(
+        self, lines: Sequence[str], src_ids: list[np.ndarray], track: Track = iter
+    ) -> list[list[Translation]]:
+        """`translate` of lines whose `source_ids` are known."""
         lengths = np.array([len(ids) for ids in src_ids], dtype=np.int64)
         results = [[Translation.blank()] for _ in lines]
         nonempty = np.flatnonzero(lengths > 0)

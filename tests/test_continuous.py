@@ -12,7 +12,7 @@ from conftest import tiny_config
 from nmt import synthetic
 from nmt.config import DecodeConfig
 from nmt.continuous import Answer, ContinuousBatches
-from nmt.model_worker import Cancel, serve_stream
+from nmt.model_worker import Cancel, serve_stream, translate_apart
 from nmt.translator import Translator
 
 
@@ -80,6 +80,24 @@ def test_a_cancelled_request_leaves_the_search_and_the_queue_and_the_others_are_
     assert [answer.key for answer in answers] == [1]
     alone = translator.translate(lines[3:])
     assert [[t.text for t in hyps] for hyps in answers[0].results] == [[t.text for t in hyps] for hyps in alone]
+
+
+def test_greedy_requests_are_translated_apart_in_one_batch_and_a_bad_one_is_refused_alone(
+    trained_checkpoint: Path,
+) -> None:
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=3, max_source_length=40))
+    data = tiny_config().data
+    lines = synthetic.generate_split("test", data.synthetic_train_pairs, data.synthetic_seed)[0][:3]
+    greedy = (("beam_size", 1),)
+    requests = [(1, greedy, lines[:2]), (2, greedy, ["a", " ".join(["word"] * 60)]), (3, greedy, [lines[2], ""])]
+    answers, batches = translate_apart(translator, requests)
+    by_key = {answer.key: answer for answer in answers}
+    assert by_key[2].results is None and by_key[2].error.startswith("text 1:")
+    alone = translator.with_options(beam_size=1).translate(lines)
+    got = [*by_key[1].results, by_key[3].results[0]]
+    assert [[t.text for t in hyps] for hyps in got] == [[t.text for t in hyps] for hyps in alone]
+    assert by_key[3].results[1][0].text == ""
+    assert batches == [(4, sum(len(ids) for ids in translator.source_ids(lines)))]
 
 
 def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_when_told(
