@@ -17,7 +17,7 @@ import json
 import numpy as np
 import torch
 
-from nmt.tokenization import TextPipeline
+from nmt.tokenization import TextPipeline, bpe_merges
 from nmt.vocab import PAD, UNK
 
 
@@ -25,8 +25,7 @@ def merge_table(pipeline: TextPipeline) -> np.ndarray:
     """(V, 2) int64: the vocabulary ids of the two pieces whose merge made each piece; -1 for pieces
     no merge made (characters, specials) or whose parts are not both in the vocabulary."""
     parts: dict[str, tuple[str, str]] = {}
-    for merge in json.loads(pipeline.bpe.to_str())["model"]["merges"]:
-        left, right = merge if isinstance(merge, list) else merge.split(" ")  # newer tokenizers write pairs
+    for left, right in bpe_merges(json.loads(pipeline.bpe.to_str())["model"]):
         parts.setdefault(left + right, (left, right))  # the first merge making a piece is the one BPE applies
     table = np.full((pipeline.vocab_size, 2), -1, dtype=np.int64)
     for index, piece in enumerate(pipeline.vocab.pieces):

@@ -497,7 +497,9 @@ class ServeConfig:
     max_beam_size: int = option(10, "the largest beam_size a request may ask for")
     max_nbest: int = option(5, "the largest nbest a request may ask for")
     max_queue: int = option(1024, "sentences waiting per model; more are refused with 429")
-    timeout_s: float = option(30.0, "a request not answered by then gets 504 and its sentences leave the queue")
+    timeout_s: float = option(
+        30.0, "a request not answered by then gets 504; its sentences leave the queue, or the beam search that has them"
+    )
     api_key: str = option("", "if set (or $NMT_API_KEY), every endpoint but /healthz needs 'Authorization: Bearer KEY'")
 
     def __post_init__(self) -> None:

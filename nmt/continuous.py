@@ -130,11 +130,13 @@ class ContinuousBatches:
 
     def cancel(self, keys: Collection[Any]) -> None:
         """Requests nobody waits for any more: their waiting sentences leave, searched ones end at the next step."""
-        keys = {key for key in keys if self.requests.pop(key, None)}
+        for key in keys:
+            self.requests.pop(key, None)
         for options, lane in list(self.lanes.items()):
             kept = [i for i, (key, _) in enumerate(lane.waiting) if key not in keys]
             lane.waiting, lane.ids = [lane.waiting[i] for i in kept], [lane.ids[i] for i in kept]
-            lane.waited *= bool(lane.waiting)
+            if not lane.waiting:
+                lane.waited = 0
             lane.search.drop([sentence for sentence in lane.search.keys if sentence[0] in keys])
             if not lane.search.keys and not lane.waiting:
                 del self.lanes[options]

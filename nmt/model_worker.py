@@ -19,6 +19,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,12 +79,14 @@ class Pending:
 
 def inference_process(connections: list[Connection], spec: ServedModel, niceness: int) -> None:
     """The process that holds one model: it loads and warms up the model, says so on each of its
-    connections, then a thread per connection (the model's decode.streams: searches run side by
-    side, sharing one copy of the model) translates the requests sent there until None comes. A
-    process of its own, so that torch never waits for the event loop's GIL (in a thread, a busy loop
-    starved the model), and so that the parent holds no torch at all. It runs `niceness` below the
-    server, so that a flood of requests cannot keep the server from answering /healthz or refusing
-    what it cannot take."""
+    connections, then serves each connection (the model's decode.streams: searches run side by
+    side, sharing one copy of the model; the last in this thread, the others in threads) until None
+    comes. A process of its own, so that torch never waits for the event loop's GIL (in a thread, a
+    busy loop starved the model), and so that the parent holds no torch at all. It runs `niceness`
+    below the server, so that a flood of requests cannot keep the server from answering /healthz or
+    refusing what it cannot take. Ctrl-C reaches the whole process group: the server drains, and
+    tells this process when to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(niceness)
     from nmt.translator import Translator  # torch only here
 
@@ -101,8 +104,9 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
     # The last stream runs in this thread, which loaded the model: torch's OpenMP threads belong to
     # the thread that starts a parallel region, so a search in another thread brings threads of its
-    # own, more than the cores, and libgomp then lets them sleep between regions instead of waiting
-    # busily: searching in a second thread ran 15-25% slower (1.5 of 2 cores busy, 2026-12-03).
+    # own, more than the cores. Searching in a second thread ran 15-25% slower, 1.5 of 2 cores busy;
+    # with OMP_WAIT_POLICY=active (both teams wait busily) at half speed (2026-12-03). Streams in
+    # threads of their own have threads / streams intra-op threads each.
     *others, last = connections
     streams = [threading.Thread(target=serve_stream, args=(c, translator, languages)) for c in others]
     for stream in streams:
@@ -126,15 +130,17 @@ def serve_stream(connection: Connection, translator: Any, languages: tuple[str, 
             requests, cancelled, stop = sent_so_far(connection, wait=not running.busy)
             stopping |= stop
             unanswered.update(key for key, _, _ in requests)
+            requests = [request for request in requests if request[0] not in cancelled]
             apart = [r for r in requests if not joins(dataclasses.replace(translator.cfg, **dict(r[1])))]
             answers, batches = translate_apart(translator, apart) if apart else ([], [])
             answers += running.add([request for request in requests if request not in apart])
-            running.cancel(cancelled)
+            if cancelled:
+                running.cancel(cancelled)
             if running.busy:
                 done, steps = running.step()
                 answers, batches = answers + done, batches + steps
             replies = [plain(answer) for answer in answers]
-            replies += [(key, "cancelled", "") for key in cancelled & unanswered - {key for key, _, _ in replies}]
+            replies += [(key, "cancelled", "") for key in cancelled & unanswered]  # none of them answered above
         except (EOFError, OSError):  # the server is gone
             return
         except Exception:
@@ -332,7 +338,7 @@ class Worker:
         stopping with nothing left to send."""
         with self._changed:
             while not (self._fits(link) or link.cancelled):
-                if not link.alive or (self._stopping and not self._waiting):
+                if not link.alive or (self._stopping and not self._waiting and not link.in_flight):
                     return None
                 self._changed.wait()
             cancelled, link.cancelled = link.cancelled, []
@@ -364,9 +370,6 @@ class Worker:
             with contextlib.suppress(OSError):  # the model's process died: _receive answers them 500
                 for message in messages:
                     link.connection.send(message)
-        with self._changed:
-            while link.in_flight and link.alive:
-                self._changed.wait()
         with contextlib.suppress(OSError):  # the process may be gone already
             link.connection.send(None)
 

@@ -103,7 +103,13 @@ def learn_bpe(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Toke
         initial_alphabet=sorted(alphabet),  # a character seen only at the end of words has its inner form too
         show_progress=_BPE_PROGRESS.get(),
     )
-    occurrences = (" ".join(itertools.repeat(word[:-1] + stand_in[word[-1]], count)) for word, count in words.items())
+    # each word as many times as it occurs, in strings of at most 10,000 occurrences: tokenizers
+    # holds a few hundred bytes per occurrence of a string while it splits it
+    occurrences = (
+        " ".join(itertools.repeat(word[:-1] + stand_in[word[-1]], min(10_000, count - start)))
+        for word, count in words.items()
+        for start in range(0, count, 10_000)
+    )
     tokenizer.train_from_iterator(occurrences, trainer=trainer)
 
     def spell(piece: str) -> str:
@@ -113,7 +119,7 @@ def learn_bpe(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Toke
     bpe = Tokenizer(
         models.BPE(
             vocab={spell(piece): i for piece, i in learned["vocab"].items()},
-            merges=[(spell(left), spell(right)) for left, right in _merges(learned)],
+            merges=[(spell(left), spell(right)) for left, right in bpe_merges(learned)],
             unk_token=SPECIAL_TOKENS[UNK],
             end_of_word_suffix=END_OF_WORD,
         )
@@ -127,12 +133,13 @@ def learn_bpe(lines: Iterable[str], vocab_size: int, min_frequency: int) -> Toke
 
 def segmentation(bpe_json: str) -> dict[str, Any]:
     """What decides how a BPE model (as JSON text) splits words: its settings, its pieces and its
-    merges in rank order, not the numbers it gives the pieces (the vocabularies number pieces)."""
-    model = json.loads(bpe_json)["model"]
-    return model | {"vocab": sorted(model["vocab"]), "merges": _merges(model)}
+    merges in rank order, not the numbers it gives the pieces (the vocabularies number pieces).
+    Read and written again by this tokenizers version, so that models saved by others compare."""
+    model = json.loads(Tokenizer.from_str(bpe_json).to_str())["model"]
+    return model | {"vocab": sorted(model["vocab"]), "merges": bpe_merges(model)}
 
 
-def _merges(model: dict[str, Any]) -> list[list[str]]:
+def bpe_merges(model: dict[str, Any]) -> list[list[str]]:
     """A BPE model's merges as pairs: older tokenizers versions write each as one string "a b"."""
     return [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
 

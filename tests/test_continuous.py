@@ -104,8 +104,7 @@ def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_w
     trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inference process's loop over a real pipe: a search that raises fails the requests in
-    it (status "failed", the server answers 500) and the stream serves the next ones; a cancelled
-    request is answered "cancelled"; None stops it."""
+    it (status "failed", the server answers 500) and the stream serves the next ones; None stops it."""
     translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))
     server, model = multiprocessing.Pipe()
     stream = threading.Thread(target=serve_stream, args=(model, translator, ("src", "tgt")))
@@ -128,13 +127,37 @@ def test_a_stream_fails_the_requests_a_model_error_hits_then_goes_on_and_stops_w
     server.send([(3, (), ["a b c"])])
     ((key, status, (texts, _)),) = replies()
     assert (key, status, texts[0][0][0]) == (3, "ok", translator.translate(["a b c"])[0][0].text)
-    server.send([(4, (), [" ".join(["a b c"] * 20)] * 8)])
-    server.send(Cancel([4]))
-    assert replies() == [(4, "cancelled", "")]
+    server.send(None)
+    stream.join(timeout=30)
+    assert not stream.is_alive()
+
+
+def test_a_stream_drops_a_cancelled_request_before_or_during_its_search(trained_checkpoint: Path) -> None:
+    """A request cancelled in the same message batch is never searched; one cancelled during its
+    search leaves it at the next step: no step after its "cancelled" reply."""
+    translator = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2))
+    server, model = multiprocessing.Pipe()
+    long = [" ".join(["a b c"] * 20)] * 4
+    server.send([(1, (), long)])
+    server.send(Cancel([1]))  # both wait in the pipe before the stream reads
+    stream = threading.Thread(target=serve_stream, args=(model, translator, ("src", "tgt")))
+    stream.start()
+    assert server.recv() == ("ready", ("src", "tgt"))
+    assert server.recv() == ([(1, "cancelled", "")], []), "searched although cancelled"
+
+    server.send([(2, (("min_length", 100),), long)])  # at least 100 steps
+    assert server.poll(30)
+    answers, batches = server.recv()
+    assert answers == [] and batches, "a step of request 2"
+    server.send(Cancel([2]))
+    while not answers:
+        assert server.poll(30)
+        answers, _ = server.recv()
+    assert answers == [(2, "cancelled", "")]
     server.send(None)
     stream.join(timeout=30)
     assert not stream.is_alive()
     later = []
     while server.poll():
-        later += server.recv()[0]
+        later.append(server.recv())
     assert later == [], "the cancelled request's search went on"

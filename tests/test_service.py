@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,8 +57,9 @@ class Server:
         # a pipe nobody reads could fill up and stall the server; closed in stop()
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*command, "--beam-size", "3", *flags], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT
-        )
+            [*command, "--beam-size", "3", *flags],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,  # a process group of its own
+        )  # fmt: skip
 
     def wait_ready(self, headers: dict[str, str] | None = None) -> None:
         deadline = time.monotonic() + 120
@@ -164,7 +166,11 @@ def test_a_flood_is_shed_with_429_while_health_stays_quick(trained_checkpoint: P
         flooded.stop()
 
 
-def test_sigterm_answers_the_requests_in_flight_then_exits_0(trained_checkpoint: Path, sentences: list[str]) -> None:
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "sigint-to-the-process-group"])
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(
+    trained_checkpoint: Path, sentences: list[str], ctrl_c: bool
+) -> None:
+    """SIGTERM to the server, or Ctrl-C in its terminal: SIGINT to the server and its inference process."""
     draining = Server(trained_checkpoint, "--max-wait-ms", "1500")
     try:
         draining.wait_ready()
@@ -180,7 +186,10 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(trained_checkpoint:
         for client in clients:
             client.start()
         time.sleep(0.5)  # accepted, waiting for the batch
-        draining.process.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(draining.process.pid, signal.SIGINT)
+        else:
+            draining.process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         late = httpx.post(f"{draining.url}/v1/translate", json={"text": sentences[0]}, timeout=10)
         assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
@@ -330,9 +339,11 @@ def test_a_request_that_times_out_in_a_search_leaves_it(trained_checkpoint: Path
         while link.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not link.in_flight and link.cost == 0
-        assert "nmt_translated_tokens_total{" not in test_client.get("/metrics").text
-        state.workers["m"].cfg.timeout_s = 30
-        assert test_client.post("/v1/translate", json={"text": "a b"}).status_code == 200
+        metrics = test_client.get("/metrics").text
+        steps = re.search(r'^nmt_batch_sentences_count\{model="m"\} (\S+)$', metrics, re.MULTILINE)
+        assert steps and float(steps[1]) > 0, "it was searched"
+        assert "nmt_translated_tokens_total{" not in metrics, "it was searched to the end"
+        assert state.workers["m"].submit(["a b"], {}).future.result(timeout=30)  # the stream goes on
 
 
 @pytest.mark.parametrize(("processes", "streams"), [(2, 1), (1, 2)])
