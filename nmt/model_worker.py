@@ -104,7 +104,7 @@ def inference_process(connections: list[Connection], spec: ServedModel, niceness
     languages = (translator.src_pipeline.moses.lang, translator.tgt_pipeline.moses.lang)
     # The last stream runs in this thread, which loaded the model: torch's OpenMP threads belong to
     # the thread that starts a parallel region, so a search in another thread brings threads of its
-    # own, more than the cores. Searching in a second thread ran 15-25% slower, 1.5 of 2 cores busy;
+    # own, more than the cores. Searching in a second thread ran 8-21% slower, 1.5 of 2 cores busy;
     # with OMP_WAIT_POLICY=active (both teams wait busily) at half speed (2026-12-03). Streams in
     # threads of their own have threads / streams intra-op threads each.
     *others, last = connections
