@@ -28,7 +28,7 @@ import pyarrow as pa
 from datasets.utils import tqdm
 from tokenizers import Tokenizer
 
-from nmt.config import DataConfig
+from nmt.config import DataConfig, usable_cpus
 from nmt.corpus import CHUNK_PAIRS, split_chunks
 from nmt.tokenization import MosesText, learn_bpe
 from nmt.vocab import Vocabulary
@@ -48,7 +48,7 @@ class EncodedSplits:
 
 def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] | None = None) -> EncodedSplits:
     """Encode the train and val splits into files under `work`, learning BPE unless `bpe` is given."""
-    procs = cfg.num_proc or _usable_cpus()
+    procs = cfg.num_proc or usable_cpus()
     moses = _Moses(cfg.src_lang, cfg.tgt_lang)
     tokens: dict[str, datasets.Dataset] = {}
     files: dict[str, dict[str, Any]] = {}
@@ -90,11 +90,6 @@ def encode_splits(work: Path, cfg: DataConfig, bpe: tuple[Tokenizer, Tokenizer] 
         joint = _vocabulary(bpe[0], counts[0] + counts[1])
         return EncodedSplits(files, bpe, (joint, joint))
     return EncodedSplits(files, bpe, (_vocabulary(bpe[0], counts[0]), _vocabulary(bpe[1], counts[1])))
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on: a container's share, not the host's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _tables(chunks: Iterable[dict[str, list[str]]], schema: pa.Schema) -> Iterator[pa.Table]:

@@ -96,7 +96,8 @@ def create_app(
 
     def start() -> None:
         try:
-            workers = {name: Worker(name, spec, cfg, state.metrics) for name, spec in models.models.items()}
+            count = len(models.models)
+            workers = {name: Worker(name, spec, cfg, state.metrics, count) for name, spec in models.models.items()}
             state.workers.update(workers)
             for worker in workers.values():
                 worker.wait_loaded()

@@ -5,6 +5,7 @@ app in-process for every limit and error code."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ import pytest
 from conftest import tiny_config
 from fastapi.testclient import TestClient
 
-from nmt import serve, service, synthetic
+from nmt import model_worker, serve, service, synthetic
 from nmt.config import DecodeConfig, ServeConfig, ServedModel, ServedModels
 from nmt.service import create_app
 from nmt.translator import Translator
@@ -327,7 +328,9 @@ def test_readiness_waits_for_loading_and_a_late_request_times_out(trained_checkp
 def test_a_request_that_times_out_in_a_search_leaves_it(trained_checkpoint: Path) -> None:
     """Its client has its 504; the model stops searching its sentences instead of finishing them
     (nmt_translated_tokens counts none of them) and the stream takes new requests."""
-    app, state = create_app(served(trained_checkpoint, DecodeConfig(beam_size=4)), ServeConfig(timeout_s=0.05))
+    app, state = create_app(
+        served(trained_checkpoint, DecodeConfig(beam_size=4)), ServeConfig(timeout_s=0.05, processes=1)
+    )
     with TestClient(app) as test_client:
         while test_client.get("/readyz").status_code != 200:
             time.sleep(0.05)
@@ -379,6 +382,28 @@ def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_st
     assert all(not process.is_alive() for process in state.workers["m"]._processes)
     alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
     assert [texts_of(answers[i]) for i in range(8)] == [[hyps[0].text] for hyps in alone]
+
+
+@pytest.mark.parametrize(
+    ("cores", "processes", "models", "decode", "expected"),
+    [
+        (4, 0, 1, DecodeConfig(), (4, 1)),  # one single-threaded process per core
+        (4, 0, 2, DecodeConfig(), (2, 1)),  # the cores divided among the models
+        (20, 0, 1, DecodeConfig(), (8, 2)),  # at most 8; the cores divided among them
+        (1, 0, 3, DecodeConfig(), (1, 1)),  # always one
+        (4, 1, 1, DecodeConfig(), (1, 4)),  # as many as asked for, with every core
+        (4, 2, 1, DecodeConfig(threads=3), (2, 3)),  # the threads asked for
+        (4, 0, 1, DecodeConfig(device="cuda"), (1, 0)),  # one per GPU model, its threads untouched
+        (4, 3, 1, DecodeConfig(device="cuda"), (3, 0)),
+    ],
+)
+def test_inference_layout_gives_a_cpu_model_single_threaded_processes_unless_told(
+    monkeypatch: pytest.MonkeyPatch, cores: int, processes: int, models: int, decode: DecodeConfig, expected: tuple
+) -> None:
+    monkeypatch.setattr(model_worker, "usable_cpus", lambda: cores)
+    count, spec = model_worker.inference_layout(ServedModel(["a.pt"], decode), processes, models)
+    assert (count, spec.decode.threads) == expected
+    assert dataclasses.replace(spec.decode, threads=decode.threads) == decode  # nothing else changes
 
 
 def test_nmt_serve_without_the_service_packages_says_how_to_install_them(
