@@ -12,7 +12,7 @@ from conftest import tiny_config
 from nmt import synthetic
 from nmt.config import DecodeConfig
 from nmt.continuous import Answer, ContinuousBatches
-from nmt.model_worker import Cancel, serve_stream, translate_apart
+from nmt.inference_process import Cancel, serve_stream, translate_apart
 from nmt.translator import Translator
 
 
