@@ -73,10 +73,11 @@ class Pending:
 
 def inference_layout(spec: ServedModel, processes: int, models: int) -> tuple[int, ServedModel]:
     """How many inference processes a model of `models` gets (`ServeConfig.processes`, 0 = automatic)
-    and the settings each loads with. On a CPU, processes of one torch thread each: two such
-    processes served 8-18% more sentences/s at 8 to 64 clients than one process of two threads
-    (2026-12-03), whose threads wait for each other at every operation while the HTTP side takes a
-    core for a moment (a competing process busy 25% of one core slowed it by 19-27%)."""
+    and the settings each loads with. On a CPU, processes of one torch thread each: on 2 cores two
+    such processes served more sentences/s than one process of two threads (medians of three
+    interleaved rounds in two sittings, 2026-12-03: +13% and +19% at 32 clients, +22% and +26% at
+    64), whose threads wait for each other at every operation while the HTTP side takes a core for
+    a moment (a competing process busy 25% of one core slowed it by 19-27%)."""
     if spec.decode.device != "cpu":
         return processes or 1, spec
     cores = usable_cpus()
