@@ -1,8 +1,8 @@
 """A served model on the server's side: the queue of its requests, and the threads that feed its
 inference processes (nmt/inference_process.py) and answer the requests they are done with.
 
-The server sends a request to a process as soon as it has room for it within decode.batch_tokens;
-there its sentences join the running beam search at its next step.
+The server sends a request to the process stream with the least in flight as soon as it has room
+for it within decode.batch_tokens; there its sentences join the running beam search at its next step.
 """
 
 from __future__ import annotations
@@ -205,7 +205,13 @@ class Worker:
         self.metrics.queue.labels(self.name).set(self._sentences)
 
     def _fits(self, link: Link) -> bool:
+        """Whether `link` takes the first waiting request: it fits within batch_tokens, and no other
+        stream has less in flight. Balanced streams searched more sentences a step: at 32 clients
+        over two processes 14.0 against 12.1-12.7, and served 155.9-159.7 sentences/s against
+        147.7-158.2, p99 380-394 ms against 432-479 (three interleaved rounds, 2026-12-03)."""
         if not (link.alive and self._waiting):
+            return False
+        if link.cost > min(other.cost for other in self._links if other.alive):
             return False
         return not link.cost or link.cost + self._waiting[0].cost <= self.decode.batch_tokens
 
@@ -235,6 +241,8 @@ class Worker:
                     taken.append((key, pending))
                     link.in_flight[key] = pending
                     link.cost += pending.cost
+            if taken:  # another stream may have the least in flight now
+                self._changed.notify_all()
             return taken, cancelled
 
     def _send(self, link: Link) -> None:
