@@ -5,9 +5,10 @@ Starts `nmt-serve` on a free loopback port; at each level, N clients (asyncio + 
 sentences of the test set (Multi30k test_2016_flickr by default) in a loop for --seconds. Prints
 one JSON line per level: sentences/s, latency percentiles, errors (non-200 answers), mismatches
 (answers that differ from nmt-translate's line for that sentence), the search steps the service ran
-(a second, and sentences in each on average, from /metrics), the server's RSS; then one line
-for nmt-translate on the same sentences in the same run (its translation rate, after loading, as
-the baseline) with each level's ratio to it. --soak-minutes M adds a level of 64 clients for M
+(a second, and sentences in each on average, from /metrics), the server's RSS, and its ratio to
+nmt-translate on the same sentences run just before the level (its translation rate after loading:
+the baseline, interleaved with the levels because this machine drifts by 10-20% within minutes);
+then one line with every baseline run and their median. --soak-minutes M adds a level of 64 clients for M
 minutes and reports the server's RSS after the first minute and at the end. --overload-seconds S
 adds a flood: 64 clients each sending requests of 64 sentences back to back (4,096 sentences
 offered against the default queue of 1,024), retrying at once when refused, while a probe asks
@@ -195,20 +196,24 @@ def main() -> None:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.2)
-            expected, rate, wall = baseline(args.checkpoint, source, [])
-            results = []
+            rates, walls = [], []
             for clients in (int(n) for n in args.levels.split(",")):
-                results.append(asyncio.run(level(url, clients, args.seconds, sentences, expected, server.pid)))
-                print(json.dumps({**results[-1], "ratio_to_nmt_translate": round(
-                    results[-1]["sentences_per_second"] / rate, 3)}), flush=True)  # fmt: skip
+                expected, rate, wall = baseline(args.checkpoint, source, [])
+                rates.append(rate)
+                walls.append(round(wall, 1))
+                result = asyncio.run(level(url, clients, args.seconds, sentences, expected, server.pid))
+                print(json.dumps({**result, "nmt_translate_sentences_per_second": rate,
+                                  "ratio_to_nmt_translate": round(result["sentences_per_second"] / rate, 3)}),
+                      flush=True)  # fmt: skip
             if args.soak_minutes:
                 first = asyncio.run(level(url, 64, 60, sentences, expected, server.pid))
                 rest = asyncio.run(level(url, 64, args.soak_minutes * 60 - 60, sentences, expected, server.pid))
                 print(json.dumps({"soak_minutes": args.soak_minutes, "after_first_minute": first, "end": rest}))
             if args.overload_seconds:
                 print(json.dumps(asyncio.run(overload(url, args.overload_seconds, sentences, server.pid))))
-            print(json.dumps({"baseline": "nmt-translate", "sentences": len(sentences),
-                              "sentences_per_second": rate, "process_seconds": round(wall, 1)}))  # fmt: skip
+            print(json.dumps({"baseline": "nmt-translate", "sentences": len(sentences), "runs": rates,
+                              "median_sentences_per_second": statistics.median(rates),
+                              "process_seconds": walls}))  # fmt: skip
         finally:
             server.terminate()
             server.wait(timeout=60)

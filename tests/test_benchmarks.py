@@ -79,3 +79,19 @@ def test_bench_continuous_prints_each_setting_against_the_translator(trained_che
     assert [(r["setting"], r["live"]) for r in reports] == [(s, n) for n in (4, 8) for s in ("continuous", "static")]
     for report in reports[::2]:  # continuous: never more sentences in a step than in flight
         assert 1 <= report["sentences_per_step"] <= report["live"] and report["steps"] > 0
+
+
+def test_bench_serve_prints_each_level_against_its_own_translate_run(trained_checkpoint, tmp_path):
+    from nmt.synthetic import generate_split
+
+    src, _ = generate_split("test", 3000, 1234)
+    (tmp_path / "test.src.gz").write_bytes(gzip.compress(("\n".join(src[:20]) + "\n").encode()))
+    args = ["--data-dir", str(tmp_path), "--source", "test.src.gz", "--levels", "1,4", "--seconds", "1"]
+    *levels, baseline = run_script("scripts/bench_serve.py", str(trained_checkpoint), *args)
+    assert [level["clients"] for level in levels] == [1, 4]
+    assert baseline["runs"] == [level["nmt_translate_sentences_per_second"] for level in levels]
+    for level in levels:  # every answer is nmt-translate's line for that sentence
+        assert level["requests"] > 0 and level["errors"] == 0 and level["mismatches"] == 0
+        assert level["ratio_to_nmt_translate"] == round(
+            level["sentences_per_second"] / level["nmt_translate_sentences_per_second"], 3
+        )
