@@ -5,6 +5,7 @@ app in-process for every limit and error code."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 import re
@@ -382,6 +383,23 @@ def test_several_processes_or_streams_per_model_share_its_queue_run_nicer_and_st
     assert all(not process.is_alive() for process in state.workers["m"]._processes)
     alone = Translator.from_checkpoints([trained_checkpoint], DecodeConfig(beam_size=2)).translate(sentences[:8])
     assert [texts_of(answers[i]) for i in range(8)] == [[hyps[0].text] for hyps in alone]
+
+
+def test_a_waiting_request_goes_to_the_stream_with_the_least_in_flight() -> None:
+    worker = model_worker.Worker.__new__(model_worker.Worker)  # its choice alone: no processes
+    worker.decode = DecodeConfig(batch_tokens=100)
+    idle, busy, full, dead = (model_worker.Link(connection=None, cost=cost) for cost in (0, 30, 90, 0))
+    dead.alive = False
+    worker._links = [idle, busy, full, dead]
+    worker._waiting = collections.deque([model_worker.Pending(["A dog ."], (), cost=20)])
+    assert [worker._fits(link) for link in worker._links] == [True, False, False, False]
+    idle.cost = 40  # now busy has the least: it takes the next
+    assert [worker._fits(link) for link in worker._links] == [False, True, False, False]
+    busy.cost = idle.cost = 90  # equally loaded, but the request would pass batch_tokens
+    assert not any(worker._fits(link) for link in worker._links)
+    worker._waiting.clear()
+    busy.cost = 0
+    assert not any(worker._fits(link) for link in worker._links)  # nothing waits
 
 
 @pytest.mark.parametrize(
