@@ -8,8 +8,8 @@ one JSON line per level: sentences/s, latency percentiles, errors (non-200 answe
 (a second, and sentences in each on average, from /metrics), the server's RSS, and its ratio to
 nmt-translate on the same sentences run just before the level (its translation rate after loading:
 the baseline, interleaved with the levels because this machine drifts by 10-20% within minutes);
-then one line with every baseline run and their median. --soak-minutes M adds a level of 64 clients for M
-minutes and reports the server's RSS after the first minute and at the end. --overload-seconds S
+then one line with every baseline run and their median. --soak-minutes M adds a level of 64 clients
+for M minutes and reports the server's RSS after the first minute and at the end. --overload-seconds S
 adds a flood: 64 clients each sending requests of 64 sentences back to back (4,096 sentences
 offered against the default queue of 1,024), retrying at once when refused, while a probe asks
 /healthz every 50 ms; it reports the answers by status, the probe's latency and the server's peak RSS.
